@@ -1,0 +1,1 @@
+"""Defect inspection inference service. Never imports torch."""

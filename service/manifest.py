@@ -1,0 +1,170 @@
+"""The model package contract: what `export` writes and the service reads.
+
+One `manifest.json` sits beside each `model.onnx` in
+`model_store/<name>/<version>/`. Everything the service needs to turn image bytes
+into an answer for that graph is here: the task, the classes, how to build the
+input tensor, how to decode the outputs, the default thresholds, and where the
+graph came from (with its PyTorch parity figures).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+
+
+class ResizeMode(StrEnum):
+    STRETCH = "stretch"
+    LETTERBOX = "letterbox"
+
+
+class OutputDecoder(StrEnum):
+    SOFTMAX = "softmax"  # classification logits [N, C]
+    SIGMOID = "sigmoid"  # multi-label classification logits [N, C]
+    BOXES_SCORES_LABELS = "boxes_scores_labels"  # torchvision-style, NMS in graph, one image
+    YOLO = "yolo"  # raw head [N, 4 + C, A]: cx, cy, w, h in input pixels, then class scores
+    SEGMENTATION_LOGITS = "segmentation_logits"  # [N, C, H, W]
+
+
+TASK_DECODERS: dict[Task, set[OutputDecoder]] = {
+    Task.CLASSIFICATION: {OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID},
+    Task.DETECTION: {OutputDecoder.BOXES_SCORES_LABELS, OutputDecoder.YOLO},
+    Task.SEGMENTATION: {OutputDecoder.SEGMENTATION_LOGITS},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    name: str = Field(description="Name of the graph's image input.", examples=["images"])
+    channels: Literal[1, 3] = Field(description="1 for grayscale, 3 for RGB.")
+    height: int = Field(ge=8, le=8192, description="Model input height in pixels.")
+    width: int = Field(ge=8, le=8192, description="Model input width in pixels.")
+    resize: ResizeMode = Field(description="`stretch` to the input size, or `letterbox` (keep aspect, pad).")
+    letterbox_fill: int = Field(default=114, ge=0, le=255, description="Pad value for letterbox.")
+    dtype: Literal["uint8", "float32", "float16"] = Field(
+        description="Element type of the graph input. uint8 means the graph normalises itself."
+    )
+    layout: Literal["NCHW"] = "NCHW"
+    scale: float = Field(default=1 / 255, description="Pixel values are multiplied by this first.")
+    mean: tuple[float, ...] = Field(description="Per-channel mean, after scaling.")
+    std: tuple[float, ...] = Field(description="Per-channel std, after scaling.")
+    normalization_in_graph: bool = Field(
+        description="True when scale/mean/std are applied inside the graph (input is raw pixels)."
+    )
+    dynamic_batch: bool = Field(description="True when the graph accepts any batch size.")
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} value(s), one per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if self.dtype == "uint8" and not self.normalization_in_graph:
+            raise ValueError("a uint8 input carries raw pixels: normalization_in_graph must be true")
+        return self
+
+
+class OutputSpec(_Strict):
+    decoder: OutputDecoder
+    names: list[str] = Field(min_length=1, description="Graph output names, in the order the decoder reads them.")
+
+
+class Parity(_Strict):
+    max_abs_diff: float = Field(description="Largest |onnxruntime - PyTorch| over all compared values.")
+    tolerance: float = Field(description="The bound the export was checked against.")
+    samples: int = Field(ge=1, description="How many input images were compared.")
+    batch_sizes: list[int] = Field(description="Batch sizes the graph was run at.")
+    details: dict[str, float] = Field(default_factory=dict, description="Per-output or per-check figures.")
+
+
+class Provenance(_Strict):
+    exporter: Literal["dynamo", "torchscript", "import"]
+    source: str = Field(description="What the graph was made from: checkpoint path, architecture or ONNX file.")
+    source_sha256: str | None = None
+    architecture: str | None = None
+    torch_version: str | None = None
+    torchvision_version: str | None = None
+    onnx_version: str | None = None
+    opset: int | None = None
+    fp16: bool = False
+    created_at: datetime
+    parity: Parity | None = Field(default=None, description="None only for imported graphs.")
+
+
+class Quality(_Strict):
+    dataset: str = Field(description="What the figures were measured on.")
+    metrics: dict[str, float] = Field(description="E.g. accuracy, map50, mean_iou, per-class recall.")
+
+
+class ModelManifest(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=MODEL_NAME_PATTERN, examples=["weld-classifier"])
+    version: int = Field(ge=1)
+    task: Task
+    description: str = ""
+    classes: list[str] = Field(min_length=1, description="Class names, in the graph's output order.")
+    background_class: str | None = Field(
+        default=None, description="The class that means 'no defect' (or background); never rejects."
+    )
+    input: InputSpec
+    output: OutputSpec
+    thresholds: dict[str, float] = Field(description="Default per-class score thresholds, 0 to 1.")
+    nms_iou: float | None = Field(default=None, ge=0.0, le=1.0, description="Default NMS IoU (detectors).")
+    max_detections: int = Field(default=100, ge=1, le=10000)
+    provenance: Provenance
+    quality: Quality | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelManifest:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("class names must be unique")
+        if self.background_class is not None and self.background_class not in self.classes:
+            raise ValueError(f"background_class {self.background_class!r} is not one of the classes")
+        if self.output.decoder not in TASK_DECODERS[self.task]:
+            allowed = ", ".join(sorted(TASK_DECODERS[self.task]))
+            raise ValueError(f"decoder {self.output.decoder} does not fit task {self.task} (use {allowed})")
+        unknown = set(self.thresholds) - set(self.defect_classes)
+        if unknown:
+            raise ValueError(f"thresholds name classes that are not defect classes: {sorted(unknown)}")
+        missing = set(self.defect_classes) - set(self.thresholds)
+        if missing:
+            raise ValueError(f"thresholds missing for defect classes: {sorted(missing)}")
+        if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
+            raise ValueError("thresholds must lie between 0 and 1")
+        if self.task is Task.DETECTION and self.nms_iou is None:
+            raise ValueError("detection models need a default nms_iou")
+        return self
+
+    @property
+    def defect_classes(self) -> list[str]:
+        """Classes that can reject a part: every class but the background one."""
+        return [c for c in self.classes if c != self.background_class]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ModelManifest:
+        return cls.model_validate(json.loads((version_dir / MANIFEST_FILE).read_text()))
