@@ -1,0 +1,55 @@
+"""Client-visible errors. Each maps to one HTTP status and a stable code.
+
+The HTTP layer turns them into `{"error": {"code": ..., "message": ...}}`.
+Anything else that escapes is our bug, and answers 500.
+"""
+
+from __future__ import annotations
+
+
+class InspectionError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class UndecodableImage(InspectionError):
+    status, code = 400, "undecodable_image"
+
+
+class MalformedRequest(InspectionError):
+    status, code = 400, "malformed_request"
+
+
+class Unauthorized(InspectionError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(InspectionError):
+    status, code = 403, "forbidden"
+
+
+class UnknownModel(InspectionError):
+    status, code = 404, "unknown_model"
+
+
+class PayloadTooLarge(InspectionError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(InspectionError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidParameters(InspectionError):
+    status, code = 422, "invalid_parameters"
+
+
+class Overloaded(InspectionError):
+    status, code = 503, "overloaded"

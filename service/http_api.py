@@ -1,0 +1,136 @@
+"""The HTTP API (`/v1/...`), mounted into the BentoML service.
+
+Routes only translate HTTP to calls on `ServedModels` and back; every client
+mistake surfaces as an `InspectionError` and answers its own status with
+`{"error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .config import Settings
+from .decode import SUPPORTED_FORMATS
+from .errors import InspectionError, InvalidParameters
+from .metrics import UNKNOWN_MODEL, inspection_metrics
+from .options import parse_options
+from .schemas import ErrorResponse, ModelDescription, ModelList, Prediction
+from .served_models import ServedModels
+from .upload import IMAGE_FIELD, read_image_bytes
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "The bytes are not a decodable image, or the multipart body is malformed.",
+        404: "No such model.",
+        413: "Body or pixel count over the limit.",
+        415: "Unsupported media type or image format.",
+        422: "Bad parameters.",
+        503: "Overloaded.",
+    }.items()
+}
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in SUPPORTED_FORMATS.values()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
+                    "required": [IMAGE_FIELD],
+                }
+            },
+        },
+    }
+}
+
+
+def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
+    """The API; `served_models` returns this worker's loaded models once the service has started."""
+    app = FastAPI(
+        title="Weld inspection",
+        description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
+        version="1",
+        docs_url="/v1/docs",
+        openapi_url="/v1/openapi.json",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(InspectionError)
+    async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        error = InvalidParameters(details)
+        return JSONResponse(error.to_json(), status_code=error.status)
+
+    @app.get("/v1/models", response_model=ModelList, summary="Served models")
+    async def list_models() -> dict:
+        models = served_models()
+        return {"models": [models.describe(name) for name in models.names()]}
+
+    @app.get("/v1/models/{model}", response_model=ModelDescription, responses={404: _ERRORS[404]})
+    async def describe_model(model: str) -> dict:
+        return served_models().describe(model)
+
+    @app.post(
+        "/v1/models/{model}/predict",
+        response_model=Prediction,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        openapi_extra=_IMAGE_BODY,
+        summary="Inspect one image",
+    )
+    async def predict(
+        model: str,
+        request: Request,
+        thresholds: str | None = Query(
+            None, description="Per-class threshold overrides.", examples=["crack:0.3,porosity:0.6"]
+        ),
+        nms_iou: float | None = Query(None, ge=0.0, le=1.0, description="Detection: NMS IoU override."),
+        classes: str | None = Query(None, description="Report only these defect classes.", examples=["crack"]),
+        max_detections: int | None = Query(None, ge=1, description="Detection: at most this many boxes."),
+        mask_format: Literal["rle", "png"] = Query("rle", description="Segmentation: COCO RLE or PNG masks."),
+    ) -> JSONResponse:
+        started = time.perf_counter()
+        models = served_models()
+        label = model if model in models else UNKNOWN_MODEL
+        status = 500
+        try:
+            predictor = models.get(model)
+            options = parse_options(
+                predictor.manifest,
+                thresholds=thresholds,
+                nms_iou=nms_iou,
+                classes=classes,
+                max_detections=max_detections,
+                mask_format=mask_format,
+            )
+            data = await read_image_bytes(request, settings.max_body_bytes)
+            answer = await predictor.predict(data, options, models.thresholds.active(predictor.manifest))
+            status = 200
+            return JSONResponse(answer)
+        except InspectionError as exc:
+            status = exc.status
+            inspection_metrics().errors.labels(label, exc.code).inc()
+            raise
+        except Exception:
+            log.exception("prediction failed for model %s", label)
+            inspection_metrics().errors.labels(label, "internal_error").inc()
+            raise
+        finally:
+            inspection_metrics().request_duration.labels(label, str(status)).observe(time.perf_counter() - started)
+
+    return app

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the request path.
+
+Labelled by served model name (a request for an unknown model counts as
+`unknown`), never by raw path or image. Histograms, so that /metrics can be
+aggregated across workers and replicas.
+
+prometheus_client is imported on first use, not at import time: BentoML sets
+PROMETHEUS_MULTIPROC_DIR in each worker after importing the service module, and
+prometheus_client picks its storage when it is first imported. Imported earlier,
+a worker's figures would never reach the aggregated /metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess")
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass(frozen=True)
+class InspectionMetrics:
+    request_duration: Any
+    stage_duration: Any
+    batch_size: Any
+    decisions: Any
+    defects: Any
+    errors: Any
+    model_info: Any
+    thresholds_revision: Any
+
+
+@lru_cache(maxsize=1)
+def inspection_metrics() -> InspectionMetrics:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return InspectionMetrics(
+        request_duration=Histogram(
+            "inspection_request_duration_seconds",
+            "End-to-end prediction request duration, by HTTP status.",
+            ["model", "status"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        stage_duration=Histogram(
+            "inspection_stage_duration_seconds",
+            "Duration of one request-path stage: decode, preprocess, queue_wait, inference, postprocess.",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        batch_size=Histogram(
+            "inspection_batch_size", "Images per inference batch.", ["model"], buckets=BATCH_SIZE_BUCKETS
+        ),
+        decisions=Counter("inspection_decisions", "Predictions by decision.", ["model", "decision"]),
+        defects=Counter(
+            "inspection_defects", "Predictions in which a defect class crossed its threshold.", ["model", "class_name"]
+        ),
+        errors=Counter("inspection_errors", "Failed requests by error code.", ["model", "code"]),
+        model_info=Gauge(
+            "inspection_model_info",
+            "Served model version and execution provider (value 1).",
+            ["model", "version", "task", "provider"],
+            multiprocess_mode="max",
+        ),
+        thresholds_revision=Gauge(
+            "inspection_thresholds_revision",
+            "Active thresholds revision.",
+            ["model"],
+            multiprocess_mode="max",
+        ),
+    )

@@ -1,0 +1,134 @@
+"""One served model's request path, top to bottom:
+
+    decode -> preprocess            (decode thread; a bad image fails here, alone)
+    -> batch -> infer               (MicroBatcher; one inference thread per model)
+    -> post-process -> respond      (decode thread; per task, with the request's thresholds)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .batching import BatchedResult, MicroBatcher
+from .config import Settings
+from .decode import decode_image
+from .geometry import Geometry
+from .manifest import ModelManifest, Task
+from .metrics import inspection_metrics
+from .options import PredictionOptions
+from .postprocess import postprocess_classification, postprocess_detection, postprocess_segmentation
+from .preprocess import to_batch, to_model_input
+from .repository import ModelVersion
+from .runtime import InferenceSession
+from .thresholds import ThresholdSet, resolve
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    tensor: np.ndarray  # (C, H, W) uint8 at the model input size
+    geometry: Geometry
+    decode_s: float
+    preprocess_s: float
+
+
+class Predictor:
+    def __init__(self, version: ModelVersion, session: InferenceSession, settings: Settings, pool: Executor) -> None:
+        self.manifest: ModelManifest = version.manifest
+        self.session = session
+        self._max_pixels = settings.max_pixels
+        self._pool = pool
+        self._batcher = MicroBatcher(
+            self._infer,
+            max_batch_size=settings.max_batch_size if self.manifest.input.dynamic_batch else 1,
+            window_s=settings.batch_window_ms / 1000.0,
+            name=self.manifest.name,
+            on_batch=inspection_metrics().batch_size.labels(self.manifest.name).observe,
+        )
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    async def predict(self, data: bytes, options: PredictionOptions, active: ThresholdSet) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._pool, self._prepare, data)
+        batched = await self._batcher.submit(prepared.tensor)
+        thresholds = resolve(active, options.thresholds, options.nms_iou)
+        started = time.perf_counter()
+        answer = await loop.run_in_executor(
+            self._pool, self._postprocess, batched.outputs, prepared.geometry, options, thresholds
+        )
+        self._observe(prepared, batched, time.perf_counter() - started, answer)
+        return answer
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    def _prepare(self, data: bytes) -> PreparedImage:
+        spec = self.manifest.input
+        started = time.perf_counter()
+        decoded = decode_image(
+            data, channels=spec.channels, target_size=(spec.width, spec.height), max_pixels=self._max_pixels
+        )
+        decoded_at = time.perf_counter()
+        tensor, geometry = to_model_input(decoded, spec)
+        return PreparedImage(tensor, geometry, decoded_at - started, time.perf_counter() - decoded_at)
+
+    def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+        outputs = self.session.run(to_batch(images, self.manifest.input))
+        if not self.manifest.input.dynamic_batch:
+            # One image per run; graphs without a batch axis (torchvision detectors) return unbatched outputs.
+            return [outputs]
+        return [[output[i] for output in outputs] for i in range(len(images))]
+
+    def _postprocess(
+        self, outputs: list[np.ndarray], geometry: Geometry, options: PredictionOptions, thresholds: ThresholdSet
+    ) -> dict[str, Any]:
+        manifest = self.manifest
+        if manifest.task is Task.CLASSIFICATION:
+            result = postprocess_classification(outputs[0], manifest, thresholds.values, options.classes)
+        elif manifest.task is Task.DETECTION:
+            result = postprocess_detection(
+                outputs,
+                geometry,
+                manifest,
+                thresholds.values,
+                nms_iou=thresholds.nms_iou,
+                max_detections=options.max_detections,
+                class_filter=options.classes,
+            )
+        else:
+            result = postprocess_segmentation(
+                outputs[0], geometry, manifest, thresholds.values, options.mask_format, options.classes
+            )
+        return {
+            "model": manifest.name,
+            "model_version": manifest.version,
+            "task": manifest.task.value,
+            "image": {"width": geometry.original_width, "height": geometry.original_height},
+            "thresholds_revision": thresholds.revision,
+            **result.to_json(),
+        }
+
+    def _observe(
+        self, prepared: PreparedImage, batched: BatchedResult, postprocess_s: float, answer: dict[str, Any]
+    ) -> None:
+        metrics = inspection_metrics()
+        name = self.manifest.name
+        for stage, seconds in (
+            ("decode", prepared.decode_s),
+            ("preprocess", prepared.preprocess_s),
+            ("queue_wait", batched.queue_wait_s),
+            ("inference", batched.inference_s),
+            ("postprocess", postprocess_s),
+        ):
+            metrics.stage_duration.labels(name, stage).observe(seconds)
+        metrics.decisions.labels(name, answer["decision"]).inc()
+        for defect in answer["defects"]:
+            metrics.defects.labels(name, defect).inc()

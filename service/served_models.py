@@ -1,0 +1,84 @@
+"""The models this worker serves: loaded from the model store at start-up."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .config import Settings
+from .errors import UnknownModel
+from .metrics import inspection_metrics
+from .predictor import Predictor
+from .repository import ModelStoreError, load_version, model_names, parse_ref
+from .runtime import create_session
+from .thresholds import ManifestThresholds, ThresholdSource
+
+log = logging.getLogger(__name__)
+
+
+class ServedModels:
+    def __init__(self, predictors: dict[str, Predictor], thresholds: ThresholdSource, pool: ThreadPoolExecutor):
+        self._predictors = predictors
+        self.thresholds = thresholds
+        self._pool = pool
+
+    @classmethod
+    def load(cls, settings: Settings, thresholds: ThresholdSource | None = None) -> ServedModels:
+        """Open a session for every configured model; any problem stops the start-up with a clear message."""
+        refs = settings.models or model_names(settings.model_store)
+        if not refs:
+            raise ModelStoreError(f"no models in {settings.model_store}; run `python -m export demo` to make some")
+        pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        thresholds = thresholds or ManifestThresholds()
+        metrics = inspection_metrics()
+        predictors: dict[str, Predictor] = {}
+        for ref in refs:
+            name, version = parse_ref(ref)
+            model = load_version(settings.model_store, name, version)
+            manifest = model.manifest
+            session = create_session(
+                model.onnx_path,
+                settings.provider,
+                threads=settings.inference_threads,
+                input_name=manifest.input.name,
+                output_names=manifest.output.names,
+            )
+            predictors[name] = Predictor(model, session, settings, pool)
+            metrics.model_info.labels(name, str(manifest.version), manifest.task.value, session.provider).set(1)
+            metrics.thresholds_revision.labels(name).set(thresholds.active(manifest).revision)
+            log.info("serving %s (%s) on %s", manifest.ref, manifest.task.value, session.provider)
+        return cls(predictors, thresholds, pool)
+
+    def get(self, name: str) -> Predictor:
+        try:
+            return self._predictors[name]
+        except KeyError:
+            known = ", ".join(sorted(self._predictors))
+            raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._predictors
+
+    def names(self) -> list[str]:
+        return sorted(self._predictors)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        predictor = self.get(name)
+        manifest = predictor.manifest
+        active = self.thresholds.active(manifest)
+        return {
+            "name": manifest.name,
+            "version": manifest.version,
+            "task": manifest.task.value,
+            "classes": manifest.classes,
+            "background_class": manifest.background_class,
+            "provider": predictor.provider,
+            "thresholds": {"revision": active.revision, "values": active.values, "nms_iou": active.nms_iou},
+            "manifest": manifest.model_dump(mode="json"),
+        }
+
+    def close(self) -> None:
+        for predictor in self._predictors.values():
+            predictor.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

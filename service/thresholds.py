@@ -1,0 +1,41 @@
+"""Which per-class thresholds a prediction uses.
+
+A `ThresholdSource` answers, per model, the active `ThresholdSet`: a numbered
+revision of per-class score thresholds (and the NMS IoU for detectors). Every
+prediction names the revision it used. Per-request overrides are applied on top
+by `resolve`, and never change the active set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .manifest import ModelManifest
+
+
+@dataclass(frozen=True)
+class ThresholdSet:
+    revision: int
+    values: dict[str, float]  # one per defect class
+    nms_iou: float | None
+
+
+class ThresholdSource(Protocol):
+    def active(self, manifest: ModelManifest) -> ThresholdSet: ...
+
+
+class ManifestThresholds:
+    """The manifest's defaults, as revision 1 of every model."""
+
+    def active(self, manifest: ModelManifest) -> ThresholdSet:
+        return ThresholdSet(revision=1, values=dict(manifest.thresholds), nms_iou=manifest.nms_iou)
+
+
+def resolve(active: ThresholdSet, overrides: dict[str, float], nms_iou: float | None) -> ThresholdSet:
+    """The set one request uses: the active one with that request's overrides on top."""
+    return ThresholdSet(
+        revision=active.revision,
+        values={**active.values, **overrides},
+        nms_iou=active.nms_iou if nms_iou is None else nms_iou,
+    )
