@@ -1,0 +1,52 @@
+"""The accept/reject rule and the per-request thresholds, shared by every task.
+
+A part is rejected when any defect class crosses its threshold (score >= threshold).
+The background class has no threshold and never rejects; a request's class filter
+narrows which defect classes may reject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from service.manifest import ModelManifest
+
+Decision = Literal["accept", "reject"]
+
+# Decimals kept in JSON answers: probabilities stay comparable to thresholds set to
+# 4 decimals; boxes need no more than a hundredth of a pixel.
+SCORE_DIGITS = 6
+PIXEL_DIGITS = 2
+
+
+def decide(defects: Sequence[str]) -> Decision:
+    return "reject" if defects else "accept"
+
+
+def request_thresholds(
+    manifest: ModelManifest, thresholds: Mapping[str, float], class_filter: Iterable[str] | None = None
+) -> dict[str, float]:
+    """The classes that may reject on this request, with their thresholds, in class order.
+
+    `thresholds` must name every defect class (defaults already merged with the
+    request's overrides); `class_filter`, when given, keeps only the classes it names.
+    """
+    missing = [c for c in manifest.defect_classes if c not in thresholds]
+    if missing:
+        raise ValueError(f"no threshold for defect classes {missing}")
+    allowed = set(manifest.defect_classes)
+    if class_filter is not None:
+        wanted = set(class_filter)
+        unknown = wanted - set(manifest.classes)
+        if unknown:
+            raise ValueError(f"class filter names unknown classes {sorted(unknown)}; known: {manifest.classes}")
+        allowed &= wanted
+    return {c: float(thresholds[c]) for c in manifest.defect_classes if c in allowed}
+
+
+def threshold_vector(classes: Sequence[str], thresholds: Mapping[str, float]) -> np.ndarray:
+    """(C,) float32 thresholds indexed by class id; +inf for classes that may not reject."""
+    return np.array([thresholds.get(c, np.inf) for c in classes], dtype=np.float32)

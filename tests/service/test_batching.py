@@ -1,0 +1,92 @@
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher
+
+
+class RecordingModel:
+    """Doubles each input; remembers the batch sizes it ran and on which thread."""
+
+    def __init__(self, seconds_per_batch: float = 0.02, fail_when=lambda items: False):
+        self.batch_sizes: list[int] = []
+        self.threads: set[str] = set()
+        self._seconds = seconds_per_batch
+        self._fail_when = fail_when
+
+    def __call__(self, items: list[np.ndarray]) -> list[list[np.ndarray]]:
+        self.batch_sizes.append(len(items))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self._seconds)
+        if self._fail_when(items):
+            raise RuntimeError("graph failed")
+        return [[item * 2] for item in np.stack(items)]
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_answer():
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=4, window_s=0.005, name="t")
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(10)))
+
+    results = asyncio.run(scenario())
+    batcher.close()
+    assert [int(r.outputs[0][0]) for r in results] == [2 * i for i in range(10)]
+    assert sum(model.batch_sizes) == 10
+    assert max(model.batch_sizes) == 4 and len(model.batch_sizes) < 10
+    assert {r.batch_size for r in results} <= set(model.batch_sizes)
+    assert len(model.threads) == 1  # one dedicated inference thread
+
+
+def test_a_lone_request_waits_at_most_the_window():
+    model = RecordingModel(seconds_per_batch=0.0)
+    batcher = MicroBatcher(model, max_batch_size=8, window_s=0.05, name="t")
+
+    async def scenario():
+        started = time.perf_counter()
+        result = await batcher.submit(np.array([1]))
+        return result, time.perf_counter() - started
+
+    result, elapsed = asyncio.run(scenario())
+    batcher.close()
+    assert result.batch_size == 1
+    assert 0.04 <= result.queue_wait_s and elapsed < 1.0
+
+
+def test_a_failing_batch_fails_only_its_own_requests():
+    model = RecordingModel(fail_when=lambda items: any(int(i[0]) == 99 for i in items))
+    batcher = MicroBatcher(model, max_batch_size=2, window_s=0.05, name="t")
+
+    async def scenario():
+        first = await asyncio.gather(batcher.submit(np.array([99])), batcher.submit(np.array([1])), return_exceptions=True)
+        second = await batcher.submit(np.array([3]))
+        return first, second
+
+    (bad, neighbour), after = asyncio.run(scenario())
+    batcher.close()
+    assert isinstance(bad, RuntimeError) and isinstance(neighbour, RuntimeError)
+    assert int(after.outputs[0][0]) == 6  # the batcher keeps serving
+
+
+def test_requests_whose_clients_gave_up_are_not_run():
+    model = RecordingModel(seconds_per_batch=0.05)
+    batcher = MicroBatcher(model, max_batch_size=1, window_s=0.0, name="t")
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(np.array([1])))
+        abandoned = asyncio.ensure_future(batcher.submit(np.array([2])))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        return await batcher.submit(np.array([3]))
+
+    last = asyncio.run(scenario())
+    batcher.close()
+    assert int(last.outputs[0][0]) == 6
+    assert model.batch_sizes == [1, 1]  # the abandoned one never ran
