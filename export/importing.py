@@ -1,0 +1,120 @@
+"""Wrapping an existing ONNX graph (e.g. a YOLO-family detector) with a manifest.
+
+There is no PyTorch model to compare with, so there is no parity figure: instead the graph must
+load in onnxruntime, and its input and outputs must fit the declared task, decoder and classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from service.manifest import OutputDecoder, Provenance, Quality
+from service.repository import ModelVersion
+
+from .errors import ExportError, reason
+from .exporting import ExportRequest, build_manifest, onnxruntime_session
+from .outputs import check_outputs
+from .store import write_version
+
+_INPUT_DTYPES: dict[int, Literal["uint8", "float32", "float16"]] = {
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+}
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """The graph's image input; a dimension is None where the graph leaves it dynamic."""
+
+    name: str
+    dtype: Literal["uint8", "float32", "float16"]
+    batch: int | None
+    channels: int | None
+    height: int | None
+    width: int | None
+
+
+def read_graph(onnx_path: Path) -> tuple[onnx.ModelProto, GraphInput]:
+    """Load the graph (weights included in the file) and describe its single image input."""
+    if not onnx_path.is_file():
+        raise ExportError(f"ONNX file {onnx_path} does not exist")
+    try:
+        model = onnx.load(onnx_path, load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"{onnx_path} is not an ONNX model: {reason(exc)}") from exc
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
+        raise ExportError(
+            f"{onnx_path} keeps its weights in a separate file: save it as one file "
+            "(onnx.save(model, path, save_as_external_data=False))"
+        )
+    weights = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    if len(inputs) != 1:
+        raise ExportError(f"the graph takes {len(inputs)} inputs; the service feeds exactly one image tensor")
+    tensor_type = inputs[0].type.tensor_type
+    if tensor_type.elem_type not in _INPUT_DTYPES:
+        kind = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        raise ExportError(f"the graph's input is {kind}; the service feeds uint8, float32 or float16")
+    dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ExportError(f"the graph's input has {len(dims)} dimensions; the service feeds NCHW images")
+    return model, GraphInput(inputs[0].name, _INPUT_DTYPES[tensor_type.elem_type], *dims)
+
+
+def import_onnx(
+    onnx_path: Path, request: ExportRequest, store: Path, *, quality: Quality | None = None
+) -> ModelVersion:
+    """Write the ONNX file at `onnx_path` as the next version of `request.name`, with its manifest."""
+    if request.fp16:
+        raise ExportError("fp16 converts graphs exported from PyTorch; convert an imported graph before importing it")
+    model, graph = read_graph(onnx_path)
+    for label, declared, actual in (
+        ("channels", request.channels, graph.channels),
+        ("height", request.height, graph.height),
+        ("width", request.width, graph.width),
+    ):
+        if actual is not None and actual != declared:
+            raise ExportError(f"the graph's input has {label} {actual}, not the declared {declared}")
+    if graph.batch not in (None, 1):
+        raise ExportError(f"the graph's input has a fixed batch of {graph.batch}; use batch 1 or a dynamic batch")
+    # boxes/scores/labels graphs describe one image whatever their input says.
+    dynamic_batch = graph.batch is None and request.decoder is not OutputDecoder.BOXES_SCORES_LABELS
+
+    onnx_model = onnx_path.read_bytes()
+    session = onnxruntime_session(onnx_model)
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    manifest = build_manifest(
+        request,
+        input_name=graph.name,
+        input_dtype=graph.dtype,
+        dynamic_batch=dynamic_batch,
+        output_names=[output.name for output in session.get_outputs()],
+        provenance=Provenance(
+            exporter="import",
+            source=str(onnx_path),
+            source_sha256=hashlib.sha256(onnx_model).hexdigest(),
+            onnx_version=onnx.__version__,
+            opset=opset,
+            fp16=graph.dtype == "float16",
+            created_at=datetime.now(UTC),
+        ),
+        quality=quality,
+    )
+    for batch in (1, 2) if dynamic_batch else (1,):
+        images = np.zeros((batch, request.channels, request.height, request.width), dtype=graph.dtype)
+        try:
+            outputs = session.run(None, {graph.name: images})
+        except Exception as exc:
+            raise ExportError(
+                f"onnxruntime fails to run the graph on a {list(images.shape)} input: {reason(exc)}"
+            ) from exc
+        check_outputs(request.decoder, request.classes, batch, outputs)
+    return write_version(store, manifest, onnx_model)
