@@ -61,10 +61,10 @@ def parse_options(
 
 
 def _parse_thresholds(text: str, defect_classes: set[str]) -> dict[str, float]:
-    """`crack:0.3,porosity:0.6` -> {"crack": 0.3, "porosity": 0.6}."""
+    """`crack:0.3,porosity:0.6` (or `crack=0.3,...`, as on the command line) -> {"crack": 0.3, ...}."""
     values: dict[str, float] = {}
     for item in text.split(","):
-        name, sep, value = item.strip().partition(":")
+        name, sep, value = item.strip().replace("=", ":", 1).partition(":")
         if not sep:
             raise InvalidParameters(f"thresholds must look like 'crack:0.3,porosity:0.6', got {item.strip()!r}")
         try:

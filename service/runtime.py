@@ -77,6 +77,16 @@ def requested_providers(provider: Provider, available: list[str], *, gpu_present
     return [p for p in wanted if p in available]
 
 
+def preflight_provider(provider: Provider) -> None:
+    """Fail fast, before any worker starts, when the configured provider cannot work on this host."""
+    requested_providers(provider, ort.get_available_providers(), gpu_present=True)
+    if provider in (Provider.CUDA, Provider.TENSORRT) and not nvidia_device_present():
+        raise ProviderUnavailable(
+            f"provider {provider.value!r} needs an NVIDIA GPU and this host has none; "
+            "set INSPECTION_PROVIDER=cpu or auto to run on CPU"
+        )
+
+
 def check_active_provider(provider: Provider, active: list[str]) -> str:
     """The provider running the graph; raises when a required GPU provider fell back."""
     required = _REQUIRED[provider]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .decode import SUPPORTED_FORMATS
 from .errors import InvalidParameters, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
@@ -55,11 +55,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise MalformedRequest(f"client disconnected after {received} bytes of the body") from exc
     body = b"".join(chunks)
     # Starlette's form parser reads the body again from this cache.
     request._body = body  # noqa: SLF001

@@ -26,6 +26,7 @@ class RunningServer:
     url: str
     process: subprocess.Popen
     log_path: Path
+    bentoml_home: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -45,6 +46,10 @@ def running_server(log_dir: Path, timeout_s: float = 120.0, **settings: object) 
     env.setdefault("INSPECTION_WORKERS", "1")
     env.setdefault("INSPECTION_MODEL_STORE", str(MODEL_STORE))
     env["BENTOML_DO_NOT_TRACK"] = "true"
+    # BentoML keeps the Prometheus multiprocess folder in its home and wipes it when a server starts:
+    # servers sharing a home would mix (and erase) each other's metrics.
+    bentoml_home = log_dir / f"bentoml-{port}"
+    env["BENTOML_HOME"] = str(bentoml_home)
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -55,7 +60,7 @@ def running_server(log_dir: Path, timeout_s: float = 120.0, **settings: object) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = RunningServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    server = RunningServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, bentoml_home=bentoml_home)
     try:
         _wait_ready(server, timeout_s)
         yield server

@@ -1,5 +1,6 @@
 """Manifests for tests that need a model's contract but no graph."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from service.manifest import InputSpec, ModelManifest, OutputSpec, Provenance
@@ -46,4 +47,21 @@ def segmenter_manifest(thresholds: dict[str, float] | None = None) -> ModelManif
         background_class="background", input=_input(size=64),
         output=OutputSpec(decoder="segmentation_logits", names=["logits"]),
         thresholds=thresholds or {c: 0.5 for c in DEFECTS}, provenance=_provenance(),
+    )
+
+
+def make_manifest(
+    name: str = "weld-classifier",
+    task: str = "classification",
+    classes: Sequence[str] = WELD_CLASSES,
+    version: int = 1,
+    threshold: float = 0.5,
+) -> ModelManifest:
+    """Any task, name, version and classes; the first class is the background, every defect class at `threshold`."""
+    decoder = {"classification": "softmax", "detection": "yolo", "segmentation": "segmentation_logits"}[task]
+    return ModelManifest(
+        name=name, version=version, task=task, classes=list(classes), background_class=classes[0],
+        input=_input(), output=OutputSpec(decoder=decoder, names=["out"]),
+        thresholds={c: threshold for c in classes[1:]}, nms_iou=0.45 if task == "detection" else None,
+        provenance=_provenance(),
     )

@@ -16,7 +16,7 @@ def test_threshold_overrides_and_class_filter_are_parsed():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"thresholds": "crack=0.3"}, "must look like"),
+        ({"thresholds": "crack 0.3"}, "must look like"),
         ({"thresholds": "crack:high"}, "not a number"),
         ({"thresholds": "crack:1.5"}, "between 0 and 1"),
         ({"thresholds": "rust:0.5"}, "unknown defect classes \\['rust'\\]"),

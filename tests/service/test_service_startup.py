@@ -1,0 +1,61 @@
+"""Start-up configuration and overload, each on a server of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from export.synthetic import encode_image, generate_weld
+from service.runtime import nvidia_device_present
+from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
+
+
+def serve_expecting_failure(tmp_path, **settings) -> subprocess.CompletedProcess:
+    env = {**os.environ, **{f"INSPECTION_{k.upper()}": str(v) for k, v in settings.items()}}
+    return subprocess.run(
+        [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(nvidia_device_present(), reason="this host has a GPU: CUDA would really start")
+def test_cuda_asked_for_without_a_gpu_stops_the_start_up_with_a_clear_message(tmp_path):
+    result = serve_expecting_failure(tmp_path, provider="cuda", model_store=MODEL_STORE)
+    assert result.returncode != 0
+    assert "provider 'cuda' needs an NVIDIA GPU" in result.stderr + result.stdout
+
+
+def test_empty_model_store_stops_the_start_up_with_a_clear_message(tmp_path):
+    result = serve_expecting_failure(tmp_path, model_store=tmp_path)
+    assert result.returncode != 0
+    assert "no models in" in result.stderr + result.stdout
+
+
+def test_only_the_configured_models_are_served(tmp_path):
+    with running_server(tmp_path, models="weld-classifier") as server:
+        names = [m["name"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]]
+        assert names == ["weld-classifier"]
+        assert httpx.post(f"{server.url}/v1/models/weld-detector/predict", content=b"x").status_code == 404
+
+
+def test_requests_over_the_concurrency_limit_answer_503_and_the_rest_succeed(tmp_path):
+    frame = encode_image(generate_weld(71_000, 2448, 2048, label="crack").image)
+    with running_server(tmp_path, max_concurrency=2, models="weld-segmenter") as server:
+
+        def send(_):
+            return httpx.post(
+                f"{server.url}/v1/models/weld-segmenter/predict",
+                content=frame, headers={"Content-Type": "image/jpeg"}, timeout=120,
+            )
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            responses = list(pool.map(send, range(12)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    overloaded = next(r for r in responses if r.status_code == 503)
+    assert overloaded.json()["error"]["code"] == "overloaded"
+    assert overloaded.headers["retry-after"] == "1"
