@@ -1,5 +1,6 @@
 """Export stage: PyTorch checkpoints -> verified ONNX versions in the model store.
 
-Only `export.synthetic` may be imported without torch (the service's tests and the
-load tests draw weld images from it); every other module here imports torch.
+`export.synthetic` and `export.samples` import no torch (the service's tests, the
+load tests and QA engineers' sample sets draw weld images from them); the CLI
+imports torch only for the commands that need it.
 """

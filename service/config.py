@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +24,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSPECTION_", extra="ignore")
 
     model_store: Path = Field(default=PROJECT_ROOT / "model_store", description="Model store root folder.")
-    models: list[str] = Field(
-        default_factory=list, description="Models to serve (NAME or NAME:VERSION); empty means all, latest."
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models to serve (NAME or NAME:VERSION); empty means all, each at its latest.",
     )
     provider: Provider = Provider.AUTO
     workers: int = Field(default=2, ge=1, le=64, description="Worker processes; each loads every model.")
@@ -36,6 +38,32 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
     request_timeout_s: int = Field(default=30, ge=1)
+    keepalive_predictions: int = Field(
+        default=100,
+        ge=0,
+        description="Close a client's keep-alive connection after about this many predictions (0: never), "
+        "so that clients that connected all at once spread over the workers.",
+    )
+    state_dir: Path = Field(default=PROJECT_ROOT / "state", description="Where the embedded thresholds database lives.")
+    thresholds_db: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the thresholds database (e.g. postgresql+psycopg://...); "
+        "empty means SQLite at <state_dir>/thresholds.db, shared by the workers on this host.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for threshold changes; without one, changes are refused."
+    )
+    max_sweep_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="Largest sample archive for a threshold sweep, zipped or not."
+    )
+    max_sweep_images: int = Field(default=1000, ge=1, description="Most images in one threshold sweep.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ref.strip() for ref in value.split(",") if ref.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -39,6 +39,10 @@ class UnknownModel(InspectionError):
     status, code = 404, "unknown_model"
 
 
+class Conflict(InspectionError):
+    status, code = 409, "conflict"
+
+
 class PayloadTooLarge(InspectionError):
     status, code = 413, "payload_too_large"
 

@@ -8,21 +8,25 @@ mistake surfaces as an `InspectionError` and answers its own status with
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from .config import Settings
 from .decode import SUPPORTED_FORMATS
-from .errors import InspectionError, InvalidParameters
+from .errors import InspectionError, InvalidParameters, Overloaded, Unauthorized
 from .metrics import UNKNOWN_MODEL, inspection_metrics
 from .options import parse_options
 from .schemas import ErrorResponse, ModelDescription, ModelList, Prediction
 from .served_models import ServedModels
+from .thresholds_api import thresholds_router
 from .upload import IMAGE_FIELD, read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,10 @@ _ERRORS = {
         422: "Bad parameters.",
         503: "Overloaded.",
     }.items()
+}
+_ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
+    Overloaded: {"Retry-After": "1"},
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
 }
 _IMAGE_BODY = {
     "requestBody": {
@@ -55,8 +63,90 @@ _IMAGE_BODY = {
 }
 
 
+class Admission:
+    """At most `limit` predictions in flight per worker; the next one answers 503 at once.
+
+    Waiting longer would only grow the queue in front of the model and every
+    camera's latency with it. One event loop per worker: a plain counter is safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.in_flight >= self.limit:
+            raise Overloaded(f"{self.in_flight} predictions in progress on this worker; retry shortly")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+class ConnectionRotation:
+    """Ends a keep-alive connection after about `every` answers, at random (0: never).
+
+    All workers accept from one listening socket, and a worker takes every connection
+    waiting when it wakes: cameras that connect together (after a restart) can all land
+    on one worker while the others idle, for as long as they keep their connections.
+    When a connection ends, its client reconnects, most often to the least busy worker,
+    the first to get to the socket.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.probability = 1.0 / every if every else 0.0
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Connection": "close"} if random.random() < self.probability else None
+
+
+def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRoute]:
+    """A route class that times every prediction request and counts its errors by code.
+
+    It wraps the whole route handler, not just the endpoint, so that parameters FastAPI
+    itself rejects before the endpoint runs (a 422) are counted like every other error.
+    """
+
+    class MeteredPredictions(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handle = super().get_route_handler()
+
+            async def metered(request: Request) -> Response:
+                started = time.perf_counter()
+                model = request.path_params.get("model", "")
+                label = model if model in served_models() else UNKNOWN_MODEL
+                status, code = 500, None
+                try:
+                    response = await handle(request)
+                    status = response.status_code
+                    return response
+                except InspectionError as exc:
+                    status, code = exc.status, exc.code
+                    raise
+                except RequestValidationError:
+                    status, code = InvalidParameters.status, InvalidParameters.code
+                    raise
+                except Exception:
+                    log.exception("prediction failed for model %s", label)
+                    code = "internal_error"
+                    raise
+                finally:
+                    metrics = inspection_metrics()
+                    if code is not None:
+                        metrics.errors.labels(label, code).inc()
+                    metrics.request_duration.labels(label, str(status)).observe(time.perf_counter() - started)
+
+            return metered
+
+    return MeteredPredictions
+
+
 def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
     """The API; `served_models` returns this worker's loaded models once the service has started."""
+    admission = Admission(settings.max_concurrency)
+    rotation = ConnectionRotation(settings.keepalive_predictions)
     app = FastAPI(
         title="Weld inspection",
         description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
@@ -68,7 +158,8 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
 
     @app.exception_handler(InspectionError)
     async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.status)
+        headers = _ERROR_HEADERS.get(type(exc))
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,7 +176,9 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     async def describe_model(model: str) -> dict:
         return served_models().describe(model)
 
-    @app.post(
+    predictions = APIRouter(route_class=metered_predictions(served_models))
+
+    @predictions.post(
         "/v1/models/{model}/predict",
         response_model=Prediction,
         response_model_exclude_none=True,
@@ -104,11 +197,8 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         max_detections: int | None = Query(None, ge=1, description="Detection: at most this many boxes."),
         mask_format: Literal["rle", "png"] = Query("rle", description="Segmentation: COCO RLE or PNG masks."),
     ) -> JSONResponse:
-        started = time.perf_counter()
         models = served_models()
-        label = model if model in models else UNKNOWN_MODEL
-        status = 500
-        try:
+        with admission.slot():
             predictor = models.get(model)
             options = parse_options(
                 predictor.manifest,
@@ -120,17 +210,8 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
             )
             data = await read_image_bytes(request, settings.max_body_bytes)
             answer = await predictor.predict(data, options, models.thresholds.active(predictor.manifest))
-            status = 200
-            return JSONResponse(answer)
-        except InspectionError as exc:
-            status = exc.status
-            inspection_metrics().errors.labels(label, exc.code).inc()
-            raise
-        except Exception:
-            log.exception("prediction failed for model %s", label)
-            inspection_metrics().errors.labels(label, "internal_error").inc()
-            raise
-        finally:
-            inspection_metrics().request_duration.labels(label, str(status)).observe(time.perf_counter() - started)
+        return JSONResponse(answer, headers=rotation.headers())
 
+    app.include_router(predictions)
+    app.include_router(thresholds_router(settings, served_models))
     return app

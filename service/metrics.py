@@ -32,6 +32,7 @@ class InspectionMetrics:
     errors: Any
     model_info: Any
     thresholds_revision: Any
+    threshold_changes: Any
 
 
 @lru_cache(maxsize=1)
@@ -70,5 +71,8 @@ def inspection_metrics() -> InspectionMetrics:
             "Active thresholds revision.",
             ["model"],
             multiprocess_mode="max",
+        ),
+        threshold_changes=Counter(
+            "inspection_threshold_changes", "Threshold revisions written, by kind.", ["model", "kind"]
         ),
     )

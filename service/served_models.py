@@ -11,26 +11,35 @@ from .errors import UnknownModel
 from .metrics import inspection_metrics
 from .predictor import Predictor
 from .repository import ModelStoreError, load_version, model_names, parse_ref
-from .runtime import create_session
-from .thresholds import ManifestThresholds, ThresholdSource
+from .runtime import create_session, preflight_provider
+from .threshold_store import ThresholdStore
 
 log = logging.getLogger(__name__)
 
 
 class ServedModels:
-    def __init__(self, predictors: dict[str, Predictor], thresholds: ThresholdSource, pool: ThreadPoolExecutor):
+    def __init__(self, predictors: dict[str, Predictor], thresholds: ThresholdStore, pool: ThreadPoolExecutor):
         self._predictors = predictors
         self.thresholds = thresholds
         self._pool = pool
 
-    @classmethod
-    def load(cls, settings: Settings, thresholds: ThresholdSource | None = None) -> ServedModels:
-        """Open a session for every configured model; any problem stops the start-up with a clear message."""
+    @staticmethod
+    def preflight(settings: Settings) -> None:
+        """Check the configuration without loading any graph: run once before workers start."""
+        preflight_provider(settings.provider)
         refs = settings.models or model_names(settings.model_store)
         if not refs:
             raise ModelStoreError(f"no models in {settings.model_store}; run `python -m export demo` to make some")
+        for ref in refs:
+            load_version(settings.model_store, *parse_ref(ref))
+        ThresholdStore.from_settings(settings).close()
+
+    @classmethod
+    def load(cls, settings: Settings, thresholds: ThresholdStore | None = None) -> ServedModels:
+        """Open a session for every configured model; any problem stops the start-up with a clear message."""
+        refs = settings.models or model_names(settings.model_store)
         pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        thresholds = thresholds or ManifestThresholds()
+        thresholds = thresholds or ThresholdStore.from_settings(settings)
         metrics = inspection_metrics()
         predictors: dict[str, Predictor] = {}
         for ref in refs:
@@ -82,3 +91,4 @@ class ServedModels:
         for predictor in self._predictors.values():
             predictor.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.thresholds.close()

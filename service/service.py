@@ -14,6 +14,9 @@ from .http_api import create_app
 from .served_models import ServedModels
 
 settings = get_settings()
+# Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve`
+# here, with their message, instead of leaving a server whose workers cannot start.
+ServedModels.preflight(settings)
 
 
 def _served_models() -> ServedModels:
@@ -23,7 +26,8 @@ def _served_models() -> ServedModels:
 @bentoml.service(
     name="weld-inspection",
     workers=settings.workers,
-    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.max_concurrency},
+    # Admission control is the API's own (503 with a JSON error); BentoML only enforces the timeout.
+    traffic={"timeout": settings.request_timeout_s},
 )
 @bentoml.asgi_app(create_app(settings, _served_models), path="/")
 class InspectionService:

@@ -1,17 +1,15 @@
 """Which per-class thresholds a prediction uses.
 
-A `ThresholdSource` answers, per model, the active `ThresholdSet`: a numbered
-revision of per-class score thresholds (and the NMS IoU for detectors). Every
-prediction names the revision it used. Per-request overrides are applied on top
-by `resolve`, and never change the active set.
+The thresholds store (`threshold_store.ThresholdStore.active`) answers, per model,
+the active `ThresholdSet`: a numbered revision of per-class score thresholds (and
+the NMS IoU for detectors). Every prediction names the revision it used.
+Per-request overrides are applied on top by `resolve`, and never change the
+active set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-from .manifest import ModelManifest
 
 
 @dataclass(frozen=True)
@@ -19,17 +17,6 @@ class ThresholdSet:
     revision: int
     values: dict[str, float]  # one per defect class
     nms_iou: float | None
-
-
-class ThresholdSource(Protocol):
-    def active(self, manifest: ModelManifest) -> ThresholdSet: ...
-
-
-class ManifestThresholds:
-    """The manifest's defaults, as revision 1 of every model."""
-
-    def active(self, manifest: ModelManifest) -> ThresholdSet:
-        return ThresholdSet(revision=1, values=dict(manifest.thresholds), nms_iou=manifest.nms_iou)
 
 
 def resolve(active: ThresholdSet, overrides: dict[str, float], nms_iou: float | None) -> ThresholdSet:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def running_server(log_dir: Path, timeout_s: float = 120.0, **settings: object) 
     env = {**os.environ, **{f"INSPECTION_{k.upper()}": str(v) for k, v in settings.items()}}
     env.setdefault("INSPECTION_WORKERS", "1")
     env.setdefault("INSPECTION_MODEL_STORE", str(MODEL_STORE))
+    env.setdefault("INSPECTION_STATE_DIR", str(log_dir / f"state-{port}"))  # never the project's state/
     env["BENTOML_DO_NOT_TRACK"] = "true"
     # BentoML keeps the Prometheus multiprocess folder in its home and wipes it when a server starts:
     # servers sharing a home would mix (and erase) each other's metrics.
@@ -74,8 +76,19 @@ def stop(process: subprocess.Popen) -> None:
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL `bentoml serve` and every process under it at once. Its workers lead process
+    groups of their own, so a signal to the server's group alone would leave them serving."""
+    root = psutil.Process(process.pid)
+    processes = [root, *root.children(recursive=True)]
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive, alive
+    process.wait()
 
 
 def _wait_ready(server: RunningServer, timeout_s: float) -> None:

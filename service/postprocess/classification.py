@@ -10,7 +10,7 @@ import numpy as np
 
 from service.manifest import ModelManifest, OutputDecoder, Task
 
-from .decision import SCORE_DIGITS, Decision, decide, request_thresholds
+from .decision import SCORE_DIGITS, Decision, decide, decision_json, request_thresholds
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class ClassificationResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "decision": self.decision,
-            "defects": self.defects,
+            **decision_json(self.defects),
             "label": self.label,
             "confidence": round(self.confidence, SCORE_DIGITS),
             "scores": {c: round(p, SCORE_DIGITS) for c, p in self.scores.items()},

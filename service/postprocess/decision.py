@@ -26,6 +26,11 @@ def decide(defects: Sequence[str]) -> Decision:
     return "reject" if defects else "accept"
 
 
+def decision_json(defects: Sequence[str]) -> dict[str, object]:
+    """The part of every answer that a line camera acts on."""
+    return {"decision": decide(defects), "defects": list(defects)}
+
+
 def request_thresholds(
     manifest: ModelManifest, thresholds: Mapping[str, float], class_filter: Iterable[str] | None = None
 ) -> dict[str, float]:

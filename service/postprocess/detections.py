@@ -11,7 +11,7 @@ import numpy as np
 from service.geometry import Geometry
 from service.manifest import ModelManifest, OutputDecoder, Task
 
-from .decision import PIXEL_DIGITS, SCORE_DIGITS, Decision, decide, request_thresholds, threshold_vector
+from .decision import PIXEL_DIGITS, SCORE_DIGITS, Decision, decide, decision_json, request_thresholds, threshold_vector
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,8 +120,7 @@ class DetectionResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "decision": self.decision,
-            "defects": self.defects,
+            **decision_json(self.defects),
             "detections": [
                 {
                     "class_name": d.class_name,

@@ -24,7 +24,7 @@ from scipy import ndimage
 from service.geometry import Geometry
 from service.manifest import ModelManifest, Task
 
-from .decision import SCORE_DIGITS, Decision, decide, request_thresholds, threshold_vector
+from .decision import SCORE_DIGITS, Decision, decide, decision_json, request_thresholds, threshold_vector
 
 MaskFormat = Literal["rle", "png"]
 
@@ -65,8 +65,7 @@ class SegmentationResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "decision": self.decision,
-            "defects": self.defects,
+            **decision_json(self.defects),
             "segments": [
                 {
                     "class_name": s.class_name,
