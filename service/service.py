@@ -2,10 +2,12 @@
 
 Each worker process loads every configured model once (ServedModels) and serves
 the HTTP API in `http_api`. BentoML supplies /livez, /readyz, /metrics, the
-concurrency limit that answers 503 when overloaded, and the worker processes.
+request timeout and the worker processes.
 """
 
 from __future__ import annotations
+
+import logging
 
 import bentoml
 
@@ -14,6 +16,9 @@ from .http_api import create_app
 from .served_models import ServedModels
 
 settings = get_settings()
+# BentoML's log handlers print INFO, but loggers it did not set up stay at WARNING:
+# without this, which provider each model runs on and sweep progress would not show.
+logging.getLogger("service").setLevel(logging.INFO)
 # Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve`
 # here, with their message, instead of leaving a server whose workers cannot start.
 ServedModels.preflight(settings)

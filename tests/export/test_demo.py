@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+
 from export.demo import TrainingPlan, detector_targets, mask_to_input, run_demo
 from service.geometry import Geometry
 from service.repository import load_version

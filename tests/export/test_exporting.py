@@ -121,7 +121,10 @@ def test_yolo_head_exports_with_dynamic_batch(tmp_path: Path) -> None:
     assert version.manifest.nms_iou == 0.5  # the default for detectors
     assert version.manifest.thresholds == {"porosity": 0.5, "crack": 0.5, "undercut": 0.5}
     parity = version.manifest.provenance.parity
-    assert set(parity.details) == {"predictions_max_abs_diff", "predictions_bound"}
+    # Boxes (pixels) and scores (0..1) are bounded on their own scales.
+    assert set(parity.details) == {"boxes_max_abs_diff", "boxes_bound", "scores_max_abs_diff", "scores_bound"}
+    assert parity.details["scores_bound"] == pytest.approx(1e-3)
+    assert parity.details["boxes_bound"] > parity.details["scores_bound"]
     (predictions,) = run_onnx(version.onnx_path, random_images(3, channels=1))
     assert predictions.shape == (3, 4 + 3, (SIZE // 8) ** 2)
 
