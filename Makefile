@@ -28,7 +28,7 @@ serve: $(VENV)/.serve
 	$(BIN)/bentoml serve service.service:InspectionService --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev
-	tests/with_postgres.sh $(BIN)/pytest
+	tests/with_services.sh $(BIN)/pytest
 
 # Retrain and export the demo models as new versions in model_store/.
 demo: $(VENV)/.dev

@@ -38,11 +38,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
     request_timeout_s: int = Field(default=30, ge=1)
-    keepalive_predictions: int = Field(
-        default=100,
-        ge=0,
-        description="Close a client's keep-alive connection after about this many predictions (0: never), "
-        "so that clients that connected all at once spread over the workers.",
+    freeze_startup_heap: bool = Field(
+        default=True, description="Keep the objects loaded at start-up out of Python's full garbage collections."
     )
     state_dir: Path = Field(default=PROJECT_ROOT / "state", description="Where the embedded thresholds database lives.")
     thresholds_db: str | None = Field(

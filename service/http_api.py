@@ -8,7 +8,6 @@ mistake surfaces as an `InspectionError` and answers its own status with
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -85,23 +84,6 @@ class Admission:
             self.in_flight -= 1
 
 
-class ConnectionRotation:
-    """Ends a keep-alive connection after about `every` answers, at random (0: never).
-
-    All workers accept from one listening socket, and a worker takes every connection
-    waiting when it wakes: cameras that connect together (after a restart) can all land
-    on one worker while the others idle, for as long as they keep their connections.
-    When a connection ends, its client reconnects, most often to the least busy worker,
-    the first to get to the socket.
-    """
-
-    def __init__(self, every: int) -> None:
-        self.probability = 1.0 / every if every else 0.0
-
-    def headers(self) -> dict[str, str] | None:
-        return {"Connection": "close"} if random.random() < self.probability else None
-
-
 def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRoute]:
     """A route class that times every prediction request and counts its errors by code.
 
@@ -146,7 +128,6 @@ def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRo
 def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
     """The API; `served_models` returns this worker's loaded models once the service has started."""
     admission = Admission(settings.max_concurrency)
-    rotation = ConnectionRotation(settings.keepalive_predictions)
     app = FastAPI(
         title="Weld inspection",
         description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
@@ -210,7 +191,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
             )
             data = await read_image_bytes(request, settings.max_body_bytes)
             answer = await predictor.predict(data, options, models.thresholds.active(predictor.manifest))
-        return JSONResponse(answer, headers=rotation.headers())
+        return JSONResponse(answer)
 
     app.include_router(predictions)
     app.include_router(thresholds_router(settings, served_models))

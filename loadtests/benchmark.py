@@ -1,0 +1,629 @@
+"""How close the served service runs to what this machine can do, on the same model and the same frames.
+
+    python -m loadtests.benchmark                     # from the repository root; a few minutes
+
+For each case (the classifier at 640x480 and at 2448x2048 JPEG frames, the segmenter at 640x480):
+
+1. bare: the in-process pipeline, with the same work and the same threads as the whole service and
+   nothing else: the service's own decode and preprocess functions in workers x decode_threads
+   threads feeding onnxruntime with workers x inference_threads threads, in batches as large as the
+   service's. Two layouts of those threads are measured (one session per worker, as the service
+   has, and one session with all of them); the better one is the ceiling, in images/s;
+2. served: a server started here on 127.0.0.1 with the default settings, `--concurrency` requests
+   in flight (closed loop, a light aiohttp client): images/s, latency p50/p95/p99, and CPU time per
+   image of the server's processes and of the client (steadier than images/s on a shared machine);
+3. served / bare;
+4. single-request latency (one request at a time, p50) and p99 at half the served rate (open loop,
+   Poisson arrivals at 0.5x of 2), and their ratio.
+
+Targets: served >= 0.85 x bare; p99 at half rate <= 3 x single-request latency.
+`--variant NAME:key=value,...` adds a server run with other settings (see `Variant`), so that a
+change can be compared before and after within one run. Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.frames import line_frames
+from service.config import Settings
+from service.decode import decode_image
+from service.metrics import STAGES
+from service.preprocess import to_batch, to_model_input
+from service.repository import ModelVersion, load_version
+from service.runtime import create_session
+
+ROOT = Path(__file__).resolve().parent.parent
+BENTOML = Path(sys.executable).parent / "bentoml"
+SERVED_TARGET = 0.85
+LATENCY_TARGET = 3.0
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    width: int
+    height: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.width}x{self.height}"
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        model, _, size = text.strip().partition("@")
+        width, _, height = size.partition("x")
+        if not model or not width.isdigit() or not height.isdigit():
+            raise argparse.ArgumentTypeError(f"case {text!r} is not MODEL@WIDTHxHEIGHT, e.g. weld-classifier@640x480")
+        return cls(model, int(width), int(height))
+
+
+CASES = (
+    Case("weld-classifier", 640, 480),
+    Case("weld-classifier", 2448, 2048),
+    Case("weld-segmenter", 640, 480),
+)
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Seconds of each measurement; warm-ups are not counted."""
+
+    warmup: float = 3.0
+    bare: float = 10.0
+    served: float = 15.0
+    single: float = 8.0
+    half_rate: float = 15.0
+
+    def scaled(self, factor: float) -> Phases:
+        return Phases(**{name: seconds * factor for name, seconds in asdict(self).items()})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A server configuration: environment overrides on top of the defaults.
+
+    `NAME:key=value,...`: a lower-case key is a service setting (`max_batch_size=4` sets
+    INSPECTION_MAX_BATCH_SIZE), an upper-case one any environment variable of the server.
+    """
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        name, _, pairs = text.partition(":")
+        given = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        settings = {key: value for key, value in given.items() if not key.isupper()}
+        unknown = set(settings) - set(Settings.model_fields)
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown settings {sorted(unknown)}; see service/config.py")
+        Settings(**settings)  # a bad value fails here, not in the server
+        env = {f"INSPECTION_{key.upper()}": value for key, value in settings.items()}
+        return cls(name, {**env, **{key: value for key, value in given.items() if key.isupper()}})
+
+
+@dataclass
+class Latencies:
+    """Completed requests of one phase."""
+
+    seconds: list[float]
+    elapsed_s: float
+    failures: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.seconds) / self.elapsed_s
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.seconds, q) * 1000) if self.seconds else float("nan")
+
+
+# --- 1. the bare in-process pipeline ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the bare pipeline spreads onnxruntime over the service's inference threads."""
+
+    sessions: int
+    threads_per_session: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.sessions}x{self.threads_per_session}"
+
+
+def layouts(settings: Settings) -> list[Layout]:
+    """The service's own layout (one session per worker) and one session with all the threads."""
+    own = Layout(settings.workers, settings.inference_threads)
+    pooled = Layout(1, settings.workers * settings.inference_threads)
+    return [own] if pooled == own else [own, pooled]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images_per_s: float
+    cpu_ms_per_image: float  # CPU time of every thread or process doing the work, per image
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process alone (not the server it started)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of a process and all its descendants so far."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def bare_pipeline_rate(
+    version: ModelVersion, frames: list[bytes], settings: Settings, layout: Layout, phases: Phases
+) -> Throughput:
+    """Images/s of decode + preprocess feeding onnxruntime in this process: no HTTP, no processes.
+
+    As many decode threads as the whole service has (workers x decode_threads); one inference thread
+    per session, each taking batches of up to max_batch_size of whatever is decoded.
+    """
+    manifest = version.manifest
+    spec = manifest.input
+    sessions = [
+        create_session(
+            version.onnx_path,
+            settings.provider,
+            threads=layout.threads_per_session,
+            input_name=spec.name,
+            output_names=manifest.output.names,
+        )
+        for _ in range(layout.sessions)
+    ]
+    max_batch = settings.max_batch_size if spec.dynamic_batch else 1
+    prepared: queue.Queue[np.ndarray] = queue.Queue(maxsize=2 * max_batch * layout.sessions)
+    inferred = [0] * layout.sessions  # images per session; each slot written by its own thread only
+    stop = threading.Event()
+
+    def decode_frames(offset: int) -> None:
+        index = offset
+        while not stop.is_set():
+            decoded = decode_image(
+                frames[index % len(frames)],
+                channels=spec.channels,
+                target_size=(spec.width, spec.height),
+                max_pixels=settings.max_pixels,
+            )
+            tensor, _ = to_model_input(decoded, spec)
+            while not stop.is_set():
+                try:
+                    prepared.put(tensor, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            index += 1
+
+    def infer(slot: int) -> None:
+        session = sessions[slot]
+        while not stop.is_set():
+            try:
+                batch = [prepared.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < max_batch and not prepared.empty():
+                batch.append(prepared.get_nowait())
+            session.run(to_batch(batch, spec))
+            inferred[slot] += len(batch)
+
+    threads = [
+        threading.Thread(target=decode_frames, args=(i,), daemon=True)
+        for i in range(settings.workers * settings.decode_threads)
+    ] + [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(layout.sessions)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(phases.warmup)
+        before, started, cpu_before = sum(inferred), time.perf_counter(), own_cpu_seconds()
+        time.sleep(phases.bare)
+        images, cpu = sum(inferred) - before, own_cpu_seconds() - cpu_before
+        return Throughput(images / (time.perf_counter() - started), 1000 * cpu / images)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+# --- 2-4. the served service -----------------------------------------------------------------------
+
+
+@contextmanager
+def running_service(
+    variant: Variant, model_store: Path, models: list[str], log_dir: Path
+) -> Iterator[tuple[str, psutil.Process]]:
+    """`bentoml serve` on 127.0.0.1 with the variant's settings; stopped by its process group id."""
+    port = free_port()
+    bentoml_home = log_dir / f"bentoml-{variant.name}"
+    env = {
+        **os.environ,
+        **variant.env,
+        "INSPECTION_MODEL_STORE": str(model_store),
+        "INSPECTION_MODELS": ",".join(models),
+        # Its own BentoML home: the Prometheus multiprocess folder lives there, and another server
+        # on this machine would otherwise share (and wipe) it.
+        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        # A thresholds database of its own: the benchmark must not see or leave live threshold changes.
+        "INSPECTION_STATE_DIR": str(log_dir / f"state-{variant.name}"),
+    }
+    log_path = log_dir / f"server-{variant.name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    workers = int(env.get("INSPECTION_WORKERS", Settings().workers))
+    try:
+        asyncio.run(wait_ready(url, process, log_path))
+        wait_for_workers(bentoml_home, workers, process, log_path)
+        yield url, psutil.Process(process.pid)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                async with client.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{log_path.read_text()[-3000:]}")
+
+
+def loaded_workers(bentoml_home: Path) -> int:
+    """Workers that have loaded their models: each sets its model-info gauge, which prometheus_client
+    keeps in a file named after the worker's PID."""
+    return len(list((bentoml_home / "prometheus_multiproc_dir").glob("gauge_max_*.db")))
+
+
+def wait_for_workers(
+    bentoml_home: Path, workers: int, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0
+) -> None:
+    """/readyz answers as soon as one worker is up; clients connecting then would all stay on that
+    worker for as long as they keep their connections. Wait for every worker."""
+    deadline = time.monotonic() + timeout_s
+    while loaded_workers(bentoml_home) < workers:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} workers did not all start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> bool:
+    async with client.post(url, data=frame, headers={"Content-Type": "image/jpeg"}) as response:
+        await response.read()
+        return response.status == 200
+
+
+async def closed_loop(url: str, frames: list[bytes], concurrency: int, seconds: float) -> Latencies:
+    """`concurrency` clients, each sending its next frame as soon as the previous answer arrives."""
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def client_loop(offset: int) -> None:
+            nonlocal failures
+            index = offset
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                ok = await post_frame(client, url, frames[index % len(frames)])
+                done = time.perf_counter()
+                if done <= deadline:  # an answer after the window is not counted
+                    if ok:
+                        latencies.append(done - sent)
+                    else:
+                        failures += 1
+                index += 1
+
+        await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
+    return Latencies(latencies, seconds, failures)
+
+
+async def open_loop(url: str, frames: list[bytes], rate: float, seconds: float, seed: int = 0) -> Latencies:
+    """Poisson arrivals at `rate`/s, each request sent at its time whatever is still in flight.
+
+    Latency counts from the scheduled arrival, so a late client does not hide queueing.
+    """
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=int(rate * seconds * 2) + 10)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < seconds]
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        started = time.perf_counter()
+
+        async def request(index: int, due: float) -> None:
+            nonlocal failures
+            ok = await post_frame(client, url, frames[index % len(frames)])
+            if ok:
+                latencies.append(time.perf_counter() - due)
+            else:
+                failures += 1
+
+        tasks = []
+        for index, offset in enumerate(arrivals):
+            due = started + float(offset)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(request(index, due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return Latencies(latencies, elapsed, failures)
+
+
+async def stage_totals(url: str, model: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of every stage histogram and of the batch size, from the server's /metrics."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{url}/metrics") as response:
+            text = await response.text()
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("inspection_stage_duration_seconds", "inspection_batch_size"):
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            entry = totals.setdefault(sample.labels.get("stage", "batch_size"), [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                entry[0] = sample.value
+            elif sample.name.endswith("_count"):
+                entry[1] = sample.value
+    return {key: (total, count) for key, (total, count) in totals.items()}
+
+
+def mean_between(before: dict, after: dict, key: str) -> float:
+    total = after.get(key, (0.0, 0.0))[0] - before.get(key, (0.0, 0.0))[0]
+    count = after.get(key, (0.0, 0.0))[1] - before.get(key, (0.0, 0.0))[1]
+    return total / count if count else float("nan")
+
+
+@dataclass
+class ServedResult:
+    variant: str
+    served_rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_cpu_ms_per_image: float
+    client_cpu_ms_per_image: float
+    stage_ms: dict[str, float]  # mean per request at saturation, from the server's histograms
+    mean_batch_size: float
+    single_p50_ms: float
+    half_rate: float
+    half_rate_p99_ms: float
+    failures: int
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.half_rate_p99_ms / self.single_p50_ms
+
+
+async def measure_served(
+    url: str, server: psutil.Process, case: Case, frames: list[bytes], concurrency: int, phases: Phases, variant: str
+) -> ServedResult:
+    predict = f"{url}/v1/models/{case.model}/predict"
+    await closed_loop(predict, frames, concurrency, phases.warmup)
+    stages_before, server_cpu, client_cpu = await stage_totals(url, case.model), cpu_seconds(server), own_cpu_seconds()
+    saturated = await closed_loop(predict, frames, concurrency, phases.served)
+    server_cpu, client_cpu = cpu_seconds(server) - server_cpu, own_cpu_seconds() - client_cpu
+    stages_after = await stage_totals(url, case.model)
+    single = await closed_loop(predict, frames, 1, phases.single)
+    half = await open_loop(predict, frames, saturated.rate / 2, phases.half_rate)
+    answered = len(saturated.seconds)
+    return ServedResult(
+        variant=variant,
+        served_rate=saturated.rate,
+        p50_ms=saturated.percentile_ms(50),
+        p95_ms=saturated.percentile_ms(95),
+        p99_ms=saturated.percentile_ms(99),
+        server_cpu_ms_per_image=1000 * server_cpu / answered,
+        client_cpu_ms_per_image=1000 * client_cpu / answered,
+        stage_ms={stage: round(1000 * mean_between(stages_before, stages_after, stage), 2) for stage in STAGES},
+        mean_batch_size=mean_between(stages_before, stages_after, "batch_size"),
+        single_p50_ms=single.percentile_ms(50),
+        half_rate=saturated.rate / 2,
+        half_rate_p99_ms=half.percentile_ms(99),
+        failures=saturated.failures + single.failures + half.failures,
+    )
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = (
+        "| model | frames | server | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
+        "| CPU ms/img bare | CPU ms/img server+client | single p50 ms | p99 at 0.5x ms | p99(0.5x)/single |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['frames']} | {row['variant']} "
+            f"| {row['bare_rate']:.1f} | {row['served_rate']:.1f} "
+            f"| {row['served_ratio']:.2f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} "
+            f"| {row['bare_cpu_ms_per_image']:.2f} "
+            f"| {row['server_cpu_ms_per_image']:.2f} + {row['client_cpu_ms_per_image']:.2f} "
+            f"| {row['single_p50_ms']:.1f} | {row['half_rate_p99_ms']:.1f} | {row['latency_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--case",
+        dest="cases",
+        action="append",
+        type=Case.parse,
+        help="MODEL@WIDTHxHEIGHT to measure instead of the standard cases; may be repeated.",
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight for the served throughput.")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="Multiply every phase's duration.")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=Variant.parse,
+        default=[],
+        help="NAME:key=value,... another server configuration, measured after the default one (see Variant).",
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "loadtests" / "results" / "benchmark.json")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    args = parser.parse_args(argv)
+
+    cases = args.cases or list(CASES)
+    phases = Phases().scaled(args.time_scale)
+    variants = [Variant("default"), *args.variant]
+    settings = Settings(model_store=args.model_store)
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+
+    frames = {(case.width, case.height): line_frames(case.width, case.height) for case in cases}
+    bare: dict[Case, dict[str, Throughput]] = {}
+    for case in cases:
+        version = load_version(args.model_store, case.model)
+        bare[case] = {
+            layout.label: bare_pipeline_rate(version, frames[(case.width, case.height)], settings, layout, phases)
+            for layout in layouts(settings)
+        }
+        shown = ", ".join(
+            f"{t.images_per_s:.1f} img/s ({t.cpu_ms_per_image:.2f} CPU ms/img) with sessions x threads {label}"
+            for label, t in bare[case].items()
+        )
+        print(f"bare {case.label}: {shown}", flush=True)
+    # The ceiling: the faster layout.
+    ceiling = {case: max(by_layout.values(), key=lambda t: t.images_per_s) for case, by_layout in bare.items()}
+
+    rows: list[dict] = []
+    models = sorted({case.model for case in cases})
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch:
+        for variant in variants:
+            with running_service(variant, args.model_store, models, Path(scratch)) as (url, server):
+                for case in cases:
+                    served = asyncio.run(
+                        measure_served(
+                            url, server, case, frames[(case.width, case.height)], args.concurrency, phases, variant.name
+                        )
+                    )
+                    row = {
+                        "model": case.model,
+                        "frames": f"{case.width}x{case.height} JPEG",
+                        "bare_rate": ceiling[case].images_per_s,
+                        "bare_cpu_ms_per_image": ceiling[case].cpu_ms_per_image,
+                        "bare_by_layout": {label: asdict(t) for label, t in bare[case].items()},
+                        **asdict(served),
+                        "served_ratio": served.served_rate / ceiling[case].images_per_s,
+                        "latency_ratio": served.latency_ratio,
+                    }
+                    rows.append(row)
+                    print(
+                        f"served {case.label} [{variant.name}]: {served.served_rate:.1f} img/s "
+                        f"({row['served_ratio']:.2f} of bare), p99 {served.p99_ms:.1f} ms, "
+                        f"CPU ms/img {served.server_cpu_ms_per_image:.2f} server "
+                        f"+ {served.client_cpu_ms_per_image:.2f} client; "
+                        f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
+                        f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}",
+                        flush=True,
+                    )
+
+    load_after = os.getloadavg()
+    table = markdown_table(rows)
+    print()
+    print(table)
+    report = {
+        "command": "python -m loadtests.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        "concurrency": args.concurrency,
+        "phases_s": asdict(phases),
+        "settings": {
+            "workers": settings.workers,
+            "inference_threads": settings.inference_threads,
+            "decode_threads": settings.decode_threads,
+            "max_batch_size": settings.max_batch_size,
+            "batch_window_ms": settings.batch_window_ms,
+        },
+        "variants": {variant.name: variant.env for variant in variants},
+        "targets": {"served_over_bare_at_least": SERVED_TARGET, "half_rate_p99_over_single_at_most": LATENCY_TARGET},
+        "results": rows,
+        "table": table,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.json}")
+    failures = sum(row["failures"] for row in rows)
+    if failures:
+        print(f"{failures} requests failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
