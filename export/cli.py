@@ -65,11 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     torch_command = commands.add_parser("torch", help="export a PyTorch checkpoint to a verified ONNX version")
-    torch_command.add_argument("--arch", required=True,
-                               help="torchvision model name, weld-classifier, weld-detector, unet, "
-                                    "or 'module' for a model saved whole with torch.save(model)")
-    torch_command.add_argument("--checkpoint", required=True, type=Path,
-                               help="state_dict (or a dict with 'state_dict' or 'model'), or the saved module")
+    torch_command.add_argument(
+        "--arch",
+        required=True,
+        help="torchvision model name, weld-classifier, weld-detector, unet, "
+        "or 'module' for a model saved whole with torch.save(model)",
+    )
+    torch_command.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="state_dict (or a dict with 'state_dict' or 'model'), or the saved module",
+    )
     torch_command.add_argument("--fp16", action="store_true", help="float16 weights (input stays uint8)")
     _add_model_options(torch_command)
     torch_command.set_defaults(handler=_export_torch)
@@ -167,17 +174,19 @@ def _list(args: argparse.Namespace) -> int:
                 rows.append((name, str(number), f"unreadable: {exc}", "", "", "", "", "", ""))
                 continue
             parity = manifest.provenance.parity
-            rows.append((
-                name,
-                str(number),
-                manifest.task,
-                manifest.output.decoder,
-                str(len(manifest.classes)),
-                _input_text(manifest),
-                manifest.provenance.exporter,
-                f"{parity.max_abs_diff:.1e}" if parity else "-",
-                f"{manifest.provenance.created_at:%Y-%m-%d %H:%M}",
-            ))
+            rows.append(
+                (
+                    name,
+                    str(number),
+                    manifest.task,
+                    manifest.output.decoder,
+                    str(len(manifest.classes)),
+                    _input_text(manifest),
+                    manifest.provenance.exporter,
+                    f"{parity.max_abs_diff:.1e}" if parity else "-",
+                    f"{manifest.provenance.created_at:%Y-%m-%d %H:%M}",
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -195,33 +204,52 @@ def _show(args: argparse.Namespace) -> int:
         ("description", manifest.description or "-"),
         ("task", f"{manifest.task}, decoder {manifest.output.decoder}, outputs {', '.join(manifest.output.names)}"),
         ("classes", classes),
-        ("input", f"{spec.name} {_input_text(manifest)}, "
-                  f"{'dynamic batch' if spec.dynamic_batch else 'one image per run'}"),
-        ("normalisation", f"(pixels * {spec.scale:.6g} - {list(spec.mean)}) / {list(spec.std)}, "
-                          f"{'inside the graph' if spec.normalization_in_graph else 'by the service'}"),
+        (
+            "input",
+            f"{spec.name} {_input_text(manifest)}, {'dynamic batch' if spec.dynamic_batch else 'one image per run'}",
+        ),
+        (
+            "normalisation",
+            f"(pixels * {spec.scale:.6g} - {list(spec.mean)}) / {list(spec.std)}, "
+            f"{'inside the graph' if spec.normalization_in_graph else 'by the service'}",
+        ),
         ("thresholds", ", ".join(f"{c}={t:g}" for c, t in manifest.thresholds.items()) or "-"),
     ]
     if manifest.nms_iou is not None:
         lines.append(("nms", f"IoU {manifest.nms_iou:g}, at most {manifest.max_detections} detections"))
     lines += [
-        ("created", f"{provenance.created_at:%Y-%m-%d %H:%M:%S} UTC by {provenance.exporter}, "
-                    f"opset {provenance.opset}, fp16 {'yes' if provenance.fp16 else 'no'}"),
+        (
+            "created",
+            f"{provenance.created_at:%Y-%m-%d %H:%M:%S} UTC by {provenance.exporter}, "
+            f"opset {provenance.opset}, fp16 {'yes' if provenance.fp16 else 'no'}",
+        ),
         ("source", provenance.source + (f"  sha256 {provenance.source_sha256}" if provenance.source_sha256 else "")),
         ("architecture", provenance.architecture or "-"),
-        ("built with", ", ".join(
-            f"{tool} {release}" for tool, release in (
-                ("torch", provenance.torch_version),
-                ("torchvision", provenance.torchvision_version),
-                ("onnx", provenance.onnx_version),
-            ) if release
-        ) or "-"),
+        (
+            "built with",
+            ", ".join(
+                f"{tool} {release}"
+                for tool, release in (
+                    ("torch", provenance.torch_version),
+                    ("torchvision", provenance.torchvision_version),
+                    ("onnx", provenance.onnx_version),
+                )
+                if release
+            )
+            or "-",
+        ),
     ]
     parity = provenance.parity
     if parity is None:
         lines.append(("parity", "none (imported graph)"))
     else:
-        lines.append(("parity", f"max |onnxruntime - torch| {parity.max_abs_diff:.2g} within {parity.tolerance:.2g}, "
-                                f"{parity.samples} images at batch size {', '.join(map(str, parity.batch_sizes))}"))
+        lines.append(
+            (
+                "parity",
+                f"max |onnxruntime - torch| {parity.max_abs_diff:.2g} within {parity.tolerance:.2g}, "
+                f"{parity.samples} images at batch size {', '.join(map(str, parity.batch_sizes))}",
+            )
+        )
         if parity.details:
             lines.append(("", ", ".join(f"{key} {value:.2g}" for key, value in parity.details.items())))
     if manifest.quality is None:
@@ -247,7 +275,8 @@ def _report_written(version: ModelVersion) -> None:
     parity = version.manifest.provenance.parity
     check = (
         f"parity {parity.max_abs_diff:.2g} within {parity.tolerance:.2g} on {parity.samples} images"
-        if parity else "shapes checked in onnxruntime"
+        if parity
+        else "shapes checked in onnxruntime"
     )
     print(f"wrote {version.manifest.ref} to {version.path} ({check})")
 

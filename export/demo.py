@@ -175,9 +175,7 @@ class WeldSet:
         return len(self.labels)
 
 
-def generate_set(
-    seed: int, count: int, frame_sizes: Sequence[tuple[int, int]], *, keep_masks: bool = False
-) -> WeldSet:
+def generate_set(seed: int, count: int, frame_sizes: Sequence[tuple[int, int]], *, keep_masks: bool = False) -> WeldSet:
     """`count` frames drawn from one seeded stream, each at a size picked from `frame_sizes`."""
     rng = np.random.default_rng(seed)
     sizes, labels, frame_boxes, frame_masks = [], [], [], []
@@ -198,7 +196,9 @@ def generate_set(
         pixels, geometry = prepare_input(sample.image, DETECTOR.input)
         detector_inputs.append(pixels)
         detector_boxes.append(_boxes_to_input(sample.boxes, geometry))
-        detector_classes.append(np.array([synthetic.DEFECT_CLASSES.index(c) for c in sample.box_labels], dtype=np.int64))
+        detector_classes.append(
+            np.array([synthetic.DEFECT_CLASSES.index(c) for c in sample.box_labels], dtype=np.int64)
+        )
 
         pixels, geometry = prepare_input(sample.image, SEGMENTER.input)
         segmenter_inputs.append(pixels)
@@ -280,7 +280,9 @@ def _fit(
             optimizer.step()
             schedule.step()
             total += loss.item()
-        log(f"{name}: epoch {epoch}/{epochs} loss {total / batches_per_epoch:.4f} ({time.perf_counter() - start:.0f} s)")
+        log(
+            f"{name}: epoch {epoch}/{epochs} loss {total / batches_per_epoch:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
     model.eval()
 
 
@@ -393,7 +395,9 @@ def train_detector(data: WeldSet, plan: TrainingPlan, seed: int, log: Log) -> nn
     model = build_weld_detector(1, len(DETECTOR.classes), (spec.height, spec.width))
     model = model.to(memory_format=torch.channels_last)
     images = torch.from_numpy(data.detector_inputs)
-    targets = detector_targets(data.detector_boxes, data.detector_classes, len(DETECTOR.classes), (spec.height, spec.width))
+    targets = detector_targets(
+        data.detector_boxes, data.detector_classes, len(DETECTOR.classes), (spec.height, spec.width)
+    )
     grid = (len(DETECTOR.classes), spec.height // WeldDetector.stride, spec.width // WeldDetector.stride)
     flips = torch.Generator().manual_seed(seed)
 
@@ -487,7 +491,9 @@ def train_segmenter(data: WeldSet, plan: TrainingPlan, seed: int, log: Log) -> n
         chosen = index.numpy()
         masks = data.segmenter_masks[chosen]
         corners = _crop_corners(masks, crop, rng)
-        images = np.stack([data.segmenter_inputs[i][:, y : y + crop, x : x + crop] for i, (y, x) in zip(chosen, corners)])
+        images = np.stack(
+            [data.segmenter_inputs[i][:, y : y + crop, x : x + crop] for i, (y, x) in zip(chosen, corners)]
+        )
         masks = np.stack([m[y : y + crop, x : x + crop] for m, (y, x) in zip(masks, corners)])
         flip = torch.rand(len(index), generator=flips) < 0.5
         images, masks = _mirror(torch.from_numpy(images), flip), _mirror(torch.from_numpy(masks).long(), flip)
@@ -521,7 +527,9 @@ def evaluate_segmenter(model: nn.Module, data: WeldSet) -> dict[str, float]:
 def _predict(model: nn.Module, inputs: np.ndarray, spec: InputSpec, batch_size: int = 32) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(_normalise(inputs[i : i + batch_size], spec)) for i in range(0, len(inputs), batch_size)])
+        return torch.cat(
+            [model(_normalise(inputs[i : i + batch_size], spec)) for i in range(0, len(inputs), batch_size)]
+        )
 
 
 def _per_class(metric: str, classes: Sequence[str], values: np.ndarray) -> dict[str, float]:

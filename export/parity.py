@@ -30,9 +30,7 @@ class ParityCheck:
 
     def add(self, part: str, expected: np.ndarray, actual: np.ndarray) -> None:
         if expected.shape != actual.shape:
-            raise ExportError(
-                f"{part}: onnxruntime gives shape {list(actual.shape)}, PyTorch {list(expected.shape)}"
-            )
+            raise ExportError(f"{part}: onnxruntime gives shape {list(actual.shape)}, PyTorch {list(expected.shape)}")
         if expected.size == 0:
             return
         expected = expected.astype(np.float64)

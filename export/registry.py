@@ -52,16 +52,31 @@ def resolve_architecture(name: str) -> Architecture:
     if name in _PROJECT_ARCHITECTURES:
         return _PROJECT_ARCHITECTURES[name]
     if name in torchvision.models.list_models(module=torchvision.models):
-        return Architecture(name, Task.CLASSIFICATION, (OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID),
-                            _torchvision_builder(name, backbone=False), from_torchvision=True)
+        return Architecture(
+            name,
+            Task.CLASSIFICATION,
+            (OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID),
+            _torchvision_builder(name, backbone=False),
+            from_torchvision=True,
+        )
     if name in torchvision.models.list_models(module=torchvision.models.segmentation):
-        return Architecture(name, Task.SEGMENTATION, (OutputDecoder.SEGMENTATION_LOGITS,),
-                            _torchvision_builder(name, backbone=True), from_torchvision=True)
+        return Architecture(
+            name,
+            Task.SEGMENTATION,
+            (OutputDecoder.SEGMENTATION_LOGITS,),
+            _torchvision_builder(name, backbone=True),
+            from_torchvision=True,
+        )
     if name.startswith(_DETECTOR_PREFIXES) and name in torchvision.models.list_models(
         module=torchvision.models.detection
     ):
-        return Architecture(name, Task.DETECTION, (OutputDecoder.BOXES_SCORES_LABELS,),
-                            _torchvision_builder(name, backbone=True), from_torchvision=True)
+        return Architecture(
+            name,
+            Task.DETECTION,
+            (OutputDecoder.BOXES_SCORES_LABELS,),
+            _torchvision_builder(name, backbone=True),
+            from_torchvision=True,
+        )
     raise ExportError(
         f"unknown architecture {name!r}: use a torchvision classifier (e.g. resnet18), segmenter "
         f"(e.g. lraspp_mobilenet_v3_large) or detector (fasterrcnn_*, retinanet_*, ssd*, fcos_*), "
@@ -180,11 +195,16 @@ def _unet(channels: int, num_classes: int, input_size: tuple[int, int]) -> nn.Mo
 
 _PROJECT_ARCHITECTURES = {
     "weld-classifier": Architecture(
-        "weld-classifier", Task.CLASSIFICATION, (OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID),
-        _weld_classifier, from_torchvision=False,
+        "weld-classifier",
+        Task.CLASSIFICATION,
+        (OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID),
+        _weld_classifier,
+        from_torchvision=False,
     ),
     "weld-detector": Architecture(
         "weld-detector", Task.DETECTION, (OutputDecoder.YOLO,), _weld_detector, from_torchvision=False
     ),
-    "unet": Architecture("unet", Task.SEGMENTATION, (OutputDecoder.SEGMENTATION_LOGITS,), _unet, from_torchvision=False),
+    "unet": Architecture(
+        "unet", Task.SEGMENTATION, (OutputDecoder.SEGMENTATION_LOGITS,), _unet, from_torchvision=False
+    ),
 }

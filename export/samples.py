@@ -27,6 +27,7 @@ from .synthetic import encode_image, generate_weld
 
 TASKS = ("classification", "detection", "segmentation")
 
+
 def sample_files(task: str, count: int, seed: int, width: int, height: int) -> Iterator[tuple[str, bytes]]:
     """(relative path, bytes) of every file of a sample set; frames drawn from one seeded stream."""
     if task not in TASKS:
@@ -60,7 +61,9 @@ def write_sample_set(out: Path, task: str, count: int, seed: int = 20_000, width
     files = sample_files(task, count, seed, width, height)
     if out.suffix == ".zip":
         out.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:  # JPEG and PNG are compressed already
+        with zipfile.ZipFile(
+            out, "w", compression=zipfile.ZIP_STORED
+        ) as archive:  # JPEG and PNG are compressed already
             for name, data in files:
                 archive.writestr(name, data)
         return out

@@ -125,7 +125,9 @@ class _DefectCanvas:
         canvas = Image.new("L", (x1 - x0, y1 - y0), 0)
         pen = ImageDraw.Draw(canvas)
         for path in paths:
-            pen.line([(float(x - x0), float(y - y0)) for x, y in path], fill=255, width=max(1, round(width)), joint="curve")
+            pen.line(
+                [(float(x - x0), float(y - y0)) for x, y in path], fill=255, width=max(1, round(width)), joint="curve"
+            )
         drawn = np.asarray(canvas)
         shade = np.asarray(canvas.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32)
         self.add(window, drawn > 0, np.float32(depth / 255.0) * shade, class_id)
@@ -269,7 +271,9 @@ def _draw_porosity(
             placed.append((x, y, radius))
 
 
-def _draw_pore(rng: np.random.Generator, canvas: _DefectCanvas, x: float, y: float, radius: float, class_id: int) -> bool:
+def _draw_pore(
+    rng: np.random.Generator, canvas: _DefectCanvas, x: float, y: float, radius: float, class_id: int
+) -> bool:
     """A slightly elliptical dark pit, darkest at its centre."""
     window = canvas.window(np.array([[x, y]]), radius * 1.3 + 2)
     if window is None:
@@ -287,7 +291,9 @@ def _draw_pore(rng: np.random.Generator, canvas: _DefectCanvas, x: float, y: flo
     return canvas.add(window, r <= 1.0, darkness, class_id)
 
 
-def _jagged_path(rng: np.random.Generator, start: np.ndarray, heading: float, length: float, step: float, jag: float) -> np.ndarray:
+def _jagged_path(
+    rng: np.random.Generator, start: np.ndarray, heading: float, length: float, step: float, jag: float
+) -> np.ndarray:
     """A random-walk polyline: small turns around a mean heading plus perpendicular jitter."""
     steps = max(4, int(length / step))
     turns = np.clip(np.cumsum(rng.normal(0, 0.25, size=steps)), -0.6, 0.6)

@@ -148,7 +148,9 @@ def _detection(names: list[str], files: SampleFiles, manifest: ModelManifest) ->
                     f'{LABELS_FILE}, {file_name}: each box is {{"class_name": ..., "box": [x1, y1, x2, y2]}}, got {box!r}'
                 ) from None
             if class_name not in manifest.defect_classes:
-                raise SampleSetError(f"{LABELS_FILE}, {file_name}: {class_name!r} is not a defect class of {manifest.name}")
+                raise SampleSetError(
+                    f"{LABELS_FILE}, {file_name}: {class_name!r} is not a defect class of {manifest.name}"
+                )
             if len(xyxy) != 4 or not (xyxy[0] < xyxy[2] and xyxy[1] < xyxy[3]):
                 raise SampleSetError(f"{LABELS_FILE}, {file_name}: box {xyxy} is not x1 < x2, y1 < y2")
             boxes.append(xyxy)
@@ -180,7 +182,9 @@ def _segmentation(names: list[str], files: SampleFiles, manifest: ModelManifest)
             raise SampleSetError(f"{masks[stem]} must be a single-channel image of {size[0]}x{size[1]} pixels")
         values = np.unique(mask)
         if values.max() >= len(manifest.classes):
-            raise SampleSetError(f"{masks[stem]} has class index {values.max()}; {manifest.name} has {len(manifest.classes)}")
+            raise SampleSetError(
+                f"{masks[stem]} has class index {values.max()}; {manifest.name} has {len(manifest.classes)}"
+            )
         present = frozenset(manifest.classes[v] for v in values) & set(manifest.defect_classes)
         samples.append(LabelledImage(path, Truth(present=present)))
     if not samples and masks:

@@ -1,8 +1,8 @@
 """One served model's request path, top to bottom:
 
-    decode -> preprocess            (decode thread; a bad image fails here, alone)
-    -> batch -> infer               (MicroBatcher; one inference thread per model)
-    -> post-process -> respond      (decode thread; per task, with the request's thresholds)
+decode -> preprocess            (decode thread; a bad image fails here, alone)
+-> batch -> infer               (MicroBatcher; one inference thread per model)
+-> post-process -> respond      (decode thread; per task, with the request's thresholds)
 """
 
 from __future__ import annotations

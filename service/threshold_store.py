@@ -360,7 +360,9 @@ class ThresholdStore:
         return new
 
 
-_NEWEST = select(revisions).where(revisions.c.model == bindparam("model")).order_by(revisions.c.revision.desc()).limit(1)
+_NEWEST = (
+    select(revisions).where(revisions.c.model == bindparam("model")).order_by(revisions.c.revision.desc()).limit(1)
+)
 # Every prediction runs this one: built once, and only the primary key is read.
 _NEWEST_NUMBER = (
     select(revisions.c.revision)

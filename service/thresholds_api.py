@@ -77,7 +77,9 @@ class ThresholdRevisionView(BaseModel):
     reason: str = Field(examples=["missed crack on line 3, lot 2291"])
     created_at: datetime
     replaces: int | None = Field(description="The revision that was active before this one.", examples=[2])
-    restores: int | None = Field(description="Rollbacks: the revision whose values this one brings back.", examples=[None])
+    restores: int | None = Field(
+        description="Rollbacks: the revision whose values this one brings back.", examples=[None]
+    )
 
 
 class ThresholdHistory(BaseModel):
@@ -92,7 +94,12 @@ class _Write(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     author: str = Field(min_length=1, max_length=200, description="Who makes the change.", examples=["j.moreau"])
-    reason: str = Field(min_length=1, max_length=2000, description="Why, for the audit trail.", examples=["missed crack on line 3, lot 2291"])
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="Why, for the audit trail.",
+        examples=["missed crack on line 3, lot 2291"],
+    )
     expected_revision: int = Field(
         ge=1,
         description="The revision this change is based on (the one you read). 409 when it is no longer the active one.",

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> TuningReport:
                     f"/v1/models/{args.model}/thresholds", json=body, headers={"Authorization": f"Bearer {token}"}
                 )
             )
-            print(f"\napplied as revision {applied['revision']} (replaces {applied['replaces']}): {applied['thresholds']}")
+            print(
+                f"\napplied as revision {applied['revision']} (replaces {applied['replaces']}): {applied['thresholds']}"
+            )
     return report
 
 
@@ -111,7 +113,8 @@ def render(report: TuningReport) -> str:
     manifest = report.manifest
     lines = [
         f"{manifest.ref} ({manifest.task.value}), {report.images} labelled images, "
-        f"thresholds revision {report.revision}" + (f", NMS IoU {report.nms_iou}" if report.nms_iou is not None else ""),
+        f"thresholds revision {report.revision}"
+        + (f", NMS IoU {report.nms_iou}" if report.nms_iou is not None else ""),
         f"positive: {POSITIVE_DEFINITIONS[manifest.task]}",
         "",
         f"{'class':<12}{'positives':>10}  {'':<6}{'threshold':>10}{'precision':>10}{'recall':>8}{'F1':>7}"
@@ -158,7 +161,9 @@ def plot(report: TuningReport, path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise TuneError("--plot needs matplotlib, which the serving install leaves out: pip install matplotlib") from None
+        raise TuneError(
+            "--plot needs matplotlib, which the serving install leaves out: pip install matplotlib"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -195,7 +200,9 @@ def _ok(response: httpx.Response, what: str = "") -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         message = response.text[:500]
     prefix = f"{what}: " if what else ""
-    raise TuneError(f"{prefix}{response.request.method} {response.request.url.path} answered {response.status_code}, {message}")
+    raise TuneError(
+        f"{prefix}{response.request.method} {response.request.url.path} answered {response.status_code}, {message}"
+    )
 
 
 def _target(text: str) -> tuple[str, float]:
@@ -205,17 +212,23 @@ def _target(text: str) -> tuple[str, float]:
     except ValueError:
         recall = -1.0
     if not sep or not 0.0 <= recall <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected CLASS=RECALL with RECALL from 0 to 1, e.g. crack=0.99; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected CLASS=RECALL with RECALL from 0 to 1, e.g. crack=0.99; got {text!r}"
+        )
     return name, recall
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.tune", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m service.tune",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service (default %(default)s)")
     parser.add_argument("--model", required=True, help="served model name, e.g. weld-classifier")
-    parser.add_argument("--samples", type=Path, required=True, help="folder of labelled images (see service.labelled_samples)")
+    parser.add_argument(
+        "--samples", type=Path, required=True, help="folder of labelled images (see service.labelled_samples)"
+    )
     parser.add_argument(
         "--target",
         type=_target,

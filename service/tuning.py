@@ -123,9 +123,7 @@ def image_evidence(truth: np.ndarray, scores: np.ndarray, classes: Sequence[str]
     """Image-level evidence: `truth` (n, k) bool (image i shows class j), `scores` (n, k) in `classes` order."""
     truth = np.asarray(truth, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
-    return {
-        name: ClassEvidence(scores[:, j], truth[:, j], int(truth[:, j].sum())) for j, name in enumerate(classes)
-    }
+    return {name: ClassEvidence(scores[:, j], truth[:, j], int(truth[:, j].sum())) for j, name in enumerate(classes)}
 
 
 def detection_evidence(
@@ -277,7 +275,9 @@ class SweepTally:
         targets = dict(targets or {})
         unknown = sorted(set(targets) - set(self.classes))
         if unknown:
-            raise ValueError(f"targets name unknown defect classes {unknown}; {self.manifest.name}'s are {self.classes}")
+            raise ValueError(
+                f"targets name unknown defect classes {unknown}; {self.manifest.name}'s are {self.classes}"
+            )
         if not self._truths:
             raise ValueError("no labelled images")
         grid = threshold_grid(step)
@@ -411,4 +411,6 @@ class Progress:
             elapsed = max(now - self._started, 1e-9)
             rate = self.done / elapsed
             left = (self.total - self.done) / rate if rate > 0 else float("inf")
-            self._write(f"{self.done}/{self.total} images, {rate:.1f} img/s, {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+            self._write(
+                f"{self.done}/{self.total} images, {rate:.1f} img/s, {elapsed:.0f} s elapsed, ~{left:.0f} s left"
+            )

@@ -62,7 +62,9 @@ def running_server(log_dir: Path, timeout_s: float = 120.0, **settings: object) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = RunningServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, bentoml_home=bentoml_home)
+    server = RunningServer(
+        url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, bentoml_home=bentoml_home
+    )
     try:
         _wait_ready(server, timeout_s)
         yield server

@@ -18,10 +18,14 @@ install_packages() {
     echo "with_services: installing Debian's ${missing[*]}" >&2
     apt-get update -qq >/dev/null
     # No daemons: this script starts what the tests need itself.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    local own_policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || echo "with_services: could not install ${missing[*]}" >&2
-    rm -f /usr/sbin/policy-rc.d
+    [[ -n "$own_policy" ]] && rm -f /usr/sbin/policy-rc.d
+    return 0
 }
 
 start_postgres() {

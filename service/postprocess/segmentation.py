@@ -153,7 +153,9 @@ def postprocess_segmentation(
     if manifest.task is not Task.SEGMENTATION:
         raise ValueError(f"{manifest.ref} is a {manifest.task} model")
     if logits.shape[1:] != (geometry.input_height, geometry.input_width):
-        raise ValueError(f"logits {logits.shape} do not match the input size {geometry.input_height}x{geometry.input_width}")
+        raise ValueError(
+            f"logits {logits.shape} do not match the input size {geometry.input_height}x{geometry.input_width}"
+        )
     if mask_format not in ("rle", "png"):
         raise ValueError(f"mask format must be 'rle' or 'png', got {mask_format!r}")
     active = request_thresholds(manifest, thresholds, class_filter)

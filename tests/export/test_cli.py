@@ -85,9 +85,15 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return self.head(images)
 
     torch.onnx.export(
-        FloatPixelYolo().eval(), (torch.rand(2, 1, SIZE, SIZE),), folder / "yolo.onnx", dynamo=True,
-        external_data=False, input_names=["pixels"], output_names=["output0"],
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=64)}}, verbose=False,
+        FloatPixelYolo().eval(),
+        (torch.rand(2, 1, SIZE, SIZE),),
+        folder / "yolo.onnx",
+        dynamo=True,
+        external_data=False,
+        input_names=["pixels"],
+        output_names=["output0"],
+        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=64)}},
+        verbose=False,
     )
     return folder
 
@@ -97,24 +103,60 @@ def shipped(tmp_path_factory: pytest.TempPathFactory, checkpoints: Path) -> Path
     """A store holding a sidecar-described classifier export and an imported YOLO graph."""
     store = tmp_path_factory.mktemp("store")
     sidecar = checkpoints / "weld-classifier.json"
-    sidecar.write_text(json.dumps({
-        "name": "weld-classifier",
-        "classes": WELD_CLASSES,
-        "background_class": "no_defect",
-        "input_size": [SIZE, SIZE],
-        "mean": [0.5],
-        "std": [0.25],
-        "thresholds": {"crack": 0.25, "porosity": 0.6},
-        "description": "from the sidecar",
-        "quality": {"dataset": "synthetic welds, seed 5, 200 images 64x64", "metrics": {"accuracy": 0.93}},
-    }))
-    exported = run("torch", "--arch", "weld-classifier", "--checkpoint", checkpoints / "weld-classifier.ckpt",
-                   "--sidecar", sidecar, "--description", "from the command line", "--thresholds", "crack=0.2",
-                   "--store", store)
+    sidecar.write_text(
+        json.dumps(
+            {
+                "name": "weld-classifier",
+                "classes": WELD_CLASSES,
+                "background_class": "no_defect",
+                "input_size": [SIZE, SIZE],
+                "mean": [0.5],
+                "std": [0.25],
+                "thresholds": {"crack": 0.25, "porosity": 0.6},
+                "description": "from the sidecar",
+                "quality": {"dataset": "synthetic welds, seed 5, 200 images 64x64", "metrics": {"accuracy": 0.93}},
+            }
+        )
+    )
+    exported = run(
+        "torch",
+        "--arch",
+        "weld-classifier",
+        "--checkpoint",
+        checkpoints / "weld-classifier.ckpt",
+        "--sidecar",
+        sidecar,
+        "--description",
+        "from the command line",
+        "--thresholds",
+        "crack=0.2",
+        "--store",
+        store,
+    )
     assert exported.code == 0, exported.err
-    imported = run("import", "--onnx", checkpoints / "yolo.onnx", "--name", "weld-yolo", "--task", "detection",
-                   "--decoder", "yolo", "--classes", ",".join(DEFECTS), "--mean", "0", "--std", "1",
-                   "--resize", "letterbox", "--nms-iou", "0.6", "--store", store)
+    imported = run(
+        "import",
+        "--onnx",
+        checkpoints / "yolo.onnx",
+        "--name",
+        "weld-yolo",
+        "--task",
+        "detection",
+        "--decoder",
+        "yolo",
+        "--classes",
+        ",".join(DEFECTS),
+        "--mean",
+        "0",
+        "--std",
+        "1",
+        "--resize",
+        "letterbox",
+        "--nms-iou",
+        "0.6",
+        "--store",
+        store,
+    )
     assert imported.code == 0, imported.err
     return store
 
@@ -123,8 +165,21 @@ def test_torchvision_checkpoint_exports_grayscale_by_repeating_the_channel_in_th
     tmp_path: Path, checkpoints: Path
 ) -> None:
     checkpoint = checkpoints / "resnet18.pt"
-    result = run("torch", "--arch", "resnet18", "--checkpoint", checkpoint, "--name", "weld-r18", *WELD, *GRAY,
-                 "--thresholds", "crack=0.3", "--store", tmp_path)
+    result = run(
+        "torch",
+        "--arch",
+        "resnet18",
+        "--checkpoint",
+        checkpoint,
+        "--name",
+        "weld-r18",
+        *WELD,
+        *GRAY,
+        "--thresholds",
+        "crack=0.3",
+        "--store",
+        tmp_path,
+    )
 
     assert result.code == 0, result.err
     assert result.out.startswith(f"wrote weld-r18:1 to {tmp_path / 'weld-r18' / '1'} (parity ")
@@ -143,19 +198,36 @@ def test_torchvision_checkpoint_exports_grayscale_by_repeating_the_channel_in_th
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-3)
 
 
-def test_torchvision_segmenter_checkpoint_with_its_training_only_auxiliary_head_exports(
-    tmp_path: Path
-) -> None:
-    model = calibrated(torchvision.models.get_model(
-        "deeplabv3_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=4, aux_loss=True
-    ))
+def test_torchvision_segmenter_checkpoint_with_its_training_only_auxiliary_head_exports(tmp_path: Path) -> None:
+    model = calibrated(
+        torchvision.models.get_model(
+            "deeplabv3_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=4, aux_loss=True
+        )
+    )
     checkpoint = save_state_dict(model, tmp_path / "deeplab.pt")
     assert any(key.startswith("aux_classifier.") for key in torch.load(checkpoint))
 
-    result = run("torch", "--arch", "deeplabv3_mobilenet_v3_large", "--checkpoint", checkpoint, "--name", "weld-seg",
-                 "--classes", "background,porosity,crack,undercut", "--background-class", "background",
-                 "--input-size", "64x64", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
-                 "--store", tmp_path / "store")
+    result = run(
+        "torch",
+        "--arch",
+        "deeplabv3_mobilenet_v3_large",
+        "--checkpoint",
+        checkpoint,
+        "--name",
+        "weld-seg",
+        "--classes",
+        "background,porosity,crack,undercut",
+        "--background-class",
+        "background",
+        "--input-size",
+        "64x64",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "--store",
+        tmp_path / "store",
+    )
 
     assert result.code == 0, result.err
     version = load_version(tmp_path / "store", "weld-seg")
@@ -165,9 +237,26 @@ def test_torchvision_segmenter_checkpoint_with_its_training_only_auxiliary_head_
 
 
 def test_saved_module_exports_with_the_task_given(tmp_path: Path, checkpoints: Path) -> None:
-    result = run("torch", "--arch", "module", "--checkpoint", checkpoints / "segmenter-module.pt", "--name", "seg",
-                 "--task", "segmentation", "--classes", "background,porosity,crack,undercut",
-                 "--background-class", "background", "--input-size", "64x64", *GRAY, "--store", tmp_path)
+    result = run(
+        "torch",
+        "--arch",
+        "module",
+        "--checkpoint",
+        checkpoints / "segmenter-module.pt",
+        "--name",
+        "seg",
+        "--task",
+        "segmentation",
+        "--classes",
+        "background,porosity,crack,undercut",
+        "--background-class",
+        "background",
+        "--input-size",
+        "64x64",
+        *GRAY,
+        "--store",
+        tmp_path,
+    )
 
     assert result.code == 0, result.err
     manifest = load_version(tmp_path, "seg").manifest
@@ -203,8 +292,18 @@ def test_list_prints_one_row_per_version(shipped: Path) -> None:
     result = run("list", "--store", shipped)
 
     lines = result.out.splitlines()
-    assert lines[0].split() == ["MODEL", "VERSION", "TASK", "DECODER", "CLASSES", "INPUT", "EXPORTER", "PARITY",
-                                "CREATED", "(UTC)"]
+    assert lines[0].split() == [
+        "MODEL",
+        "VERSION",
+        "TASK",
+        "DECODER",
+        "CLASSES",
+        "INPUT",
+        "EXPORTER",
+        "PARITY",
+        "CREATED",
+        "(UTC)",
+    ]
     classifier, yolo = (line.split() for line in lines[1:])
     assert classifier[:8] == ["weld-classifier", "1", "classification", "softmax", "4", "1x64x64", "uint8", "stretch"]
     assert classifier[8] == "dynamo" and float(classifier[9]) < 1e-3
@@ -236,35 +335,129 @@ def _refusals() -> list[tuple[list[object], str]]:
     resnet = ["--arch", "resnet18", "--name", "weld", *WELD, *GRAY]
     return [
         ([*resnet, "--checkpoint", "{ckpt}/missing.pt"], r"checkpoint .*missing\.pt does not exist"),
-        ([*resnet, "--checkpoint", "{ckpt}/resnet18-5-classes.pt"],
-         r"does not fit resnet18 with 4 classes and 1 channel\(s\): fc\.bias is \[5\] in the checkpoint, \[4\] in "
-         r"the model \(and 1 more\)"),
-        (["--arch", "resnet1000", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "weld", *WELD, *GRAY],
-         r"unknown architecture 'resnet1000': use a torchvision classifier"),
-        ([*resnet, "--checkpoint", "{ckpt}/resnet18.pt", "--decoder", "yolo"],
-         r"this architecture's output reads with softmax or sigmoid, not yolo"),
-        ([*resnet, "--checkpoint", "{ckpt}/resnet18.pt", "--task", "segmentation"],
-         r"this architecture is a classification model, not segmentation"),
-        ([*module, "--checkpoint", "{ckpt}/segmenter-module.pt", "--name", "m", "--classes", "a,b,c,d",
-          "--task", "classification", "--decoder", "yolo"],
-         r"decoder yolo does not fit task classification \(use sigmoid, softmax\)"),
-        (["--arch", "resnet18", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "weld", "--classes", "a,b",
-          "--input-size", "64by64", *GRAY],
-         r"bad --input-size '64by64': model input as HEIGHTxWIDTH"),
-        (["--arch", "resnet18", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "Weld Classifier", *WELD, *GRAY],
-         r"bad model name 'Weld Classifier'"),
-        (["--arch", "resnet18", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "weld", "--input-size", "64x64",
-          *GRAY], r"missing --classes \(or 'classes' in the sidecar\)"),
-        ([*module, "--checkpoint", "{ckpt}/segmenter-module.pt", "--name", "m", "--task", "segmentation",
-          "--classes", "background,porosity,crack"],
-         r"the model gives \[1, 4, 64, 64\] for 1 image\(s\); the segmentation_logits decoder with 3 classes"),
-        ([*module, "--checkpoint", "{ckpt}/noisy-module.pt", "--name", "m", "--task", "classification",
-          "--classes", "a,b,c,d"], r"parity check failed: logits differ by up to"),
-        ([*module, "--checkpoint", "{ckpt}/scripted.pt", "--name", "m", "--task", "segmentation",
-          "--classes", "a,b,c,d"], r"scripted\.pt is a TorchScript file"),
-        ([*module, "--checkpoint", "{ckpt}/resnet18.pt", "--name", "m", "--task", "classification",
-          "--classes", "a,b,c,d"],
-         r"resnet18\.pt holds weights \(a dict\), not a saved module: give its architecture with --arch"),
+        (
+            [*resnet, "--checkpoint", "{ckpt}/resnet18-5-classes.pt"],
+            r"does not fit resnet18 with 4 classes and 1 channel\(s\): fc\.bias is \[5\] in the checkpoint, \[4\] in "
+            r"the model \(and 1 more\)",
+        ),
+        (
+            ["--arch", "resnet1000", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "weld", *WELD, *GRAY],
+            r"unknown architecture 'resnet1000': use a torchvision classifier",
+        ),
+        (
+            [*resnet, "--checkpoint", "{ckpt}/resnet18.pt", "--decoder", "yolo"],
+            r"this architecture's output reads with softmax or sigmoid, not yolo",
+        ),
+        (
+            [*resnet, "--checkpoint", "{ckpt}/resnet18.pt", "--task", "segmentation"],
+            r"this architecture is a classification model, not segmentation",
+        ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/segmenter-module.pt",
+                "--name",
+                "m",
+                "--classes",
+                "a,b,c,d",
+                "--task",
+                "classification",
+                "--decoder",
+                "yolo",
+            ],
+            r"decoder yolo does not fit task classification \(use sigmoid, softmax\)",
+        ),
+        (
+            [
+                "--arch",
+                "resnet18",
+                "--checkpoint",
+                "{ckpt}/resnet18.pt",
+                "--name",
+                "weld",
+                "--classes",
+                "a,b",
+                "--input-size",
+                "64by64",
+                *GRAY,
+            ],
+            r"bad --input-size '64by64': model input as HEIGHTxWIDTH",
+        ),
+        (
+            ["--arch", "resnet18", "--checkpoint", "{ckpt}/resnet18.pt", "--name", "Weld Classifier", *WELD, *GRAY],
+            r"bad model name 'Weld Classifier'",
+        ),
+        (
+            [
+                "--arch",
+                "resnet18",
+                "--checkpoint",
+                "{ckpt}/resnet18.pt",
+                "--name",
+                "weld",
+                "--input-size",
+                "64x64",
+                *GRAY,
+            ],
+            r"missing --classes \(or 'classes' in the sidecar\)",
+        ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/segmenter-module.pt",
+                "--name",
+                "m",
+                "--task",
+                "segmentation",
+                "--classes",
+                "background,porosity,crack",
+            ],
+            r"the model gives \[1, 4, 64, 64\] for 1 image\(s\); the segmentation_logits decoder with 3 classes",
+        ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/noisy-module.pt",
+                "--name",
+                "m",
+                "--task",
+                "classification",
+                "--classes",
+                "a,b,c,d",
+            ],
+            r"parity check failed: logits differ by up to",
+        ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/scripted.pt",
+                "--name",
+                "m",
+                "--task",
+                "segmentation",
+                "--classes",
+                "a,b,c,d",
+            ],
+            r"scripted\.pt is a TorchScript file",
+        ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/resnet18.pt",
+                "--name",
+                "m",
+                "--task",
+                "classification",
+                "--classes",
+                "a,b,c,d",
+            ],
+            r"resnet18\.pt holds weights \(a dict\), not a saved module: give its architecture with --arch",
+        ),
     ]
 
 
@@ -284,19 +477,41 @@ def test_refusal_is_one_line_on_stderr_with_status_2_and_writes_nothing(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--classes", "no_defect,porosity,crack,undercut"],
-         r"the yolo decoder with 4 classes needs \[N, 4 \+ C, A\] with 8 at index 1"),
-        (["--classes", "porosity,crack,undercut", "--input-size", "32x32"],
-         r"the graph's input has height 64, not the declared 32"),
-        (["--classes", "porosity,crack,undercut", "--task", "segmentation"],
-         r"decoder yolo does not fit task segmentation"),
+        (
+            ["--classes", "no_defect,porosity,crack,undercut"],
+            r"the yolo decoder with 4 classes needs \[N, 4 \+ C, A\] with 8 at index 1",
+        ),
+        (
+            ["--classes", "porosity,crack,undercut", "--input-size", "32x32"],
+            r"the graph's input has height 64, not the declared 32",
+        ),
+        (
+            ["--classes", "porosity,crack,undercut", "--task", "segmentation"],
+            r"decoder yolo does not fit task segmentation",
+        ),
     ],
 )
 def test_import_refuses_a_graph_that_does_not_fit_the_declaration(
     tmp_path: Path, checkpoints: Path, arguments: list[str], message: str
 ) -> None:
-    result = run("import", "--onnx", checkpoints / "yolo.onnx", "--name", "yolo", "--task", "detection",
-                 "--decoder", "yolo", "--mean", "0", "--std", "1", *arguments, "--store", tmp_path / "store")
+    result = run(
+        "import",
+        "--onnx",
+        checkpoints / "yolo.onnx",
+        "--name",
+        "yolo",
+        "--task",
+        "detection",
+        "--decoder",
+        "yolo",
+        "--mean",
+        "0",
+        "--std",
+        "1",
+        *arguments,
+        "--store",
+        tmp_path / "store",
+    )
 
     assert result.code == 2 and result.err.count("\n") == 1
     assert re.search(message, result.err), result.err
@@ -305,18 +520,44 @@ def test_import_refuses_a_graph_that_does_not_fit_the_declaration(
 
 def test_module_entry_point_refuses_with_status_2_and_lists_without_torch(tmp_path: Path, shipped: Path) -> None:
     refused = subprocess.run(
-        [sys.executable, "-m", "export", "torch", "--arch", "resnet18", "--checkpoint", str(tmp_path / "none.pt"),
-         "--name", "weld", *WELD, *GRAY, "--store", str(tmp_path / "store")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "torch",
+            "--arch",
+            "resnet18",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--name",
+            "weld",
+            *WELD,
+            *GRAY,
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2
     assert refused.stderr == f"error: checkpoint {tmp_path / 'none.pt'} does not exist\n"
 
     listing = subprocess.run(
-        [sys.executable, "-c", "import sys; from export.cli import main; code = main(sys.argv[1:]); "
-                               "assert 'torch' not in sys.modules; raise SystemExit(code)",
-         "list", "--store", str(shipped)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from export.cli import main; code = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules; raise SystemExit(code)",
+            "list",
+            "--store",
+            str(shipped),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert listing.returncode == 0, listing.stderr
     assert "weld-yolo" in listing.stdout

@@ -45,4 +45,3 @@ def test_segmenter_targets_mark_pixels_a_defect_covers_at_least_half_of() -> Non
     mask[:2, :2] = 2
     target = mask_to_input(mask, Geometry.stretch((4, 4), (2, 2)))
     assert target.tolist() == [[2, 0], [0, 0]]
-

@@ -33,11 +33,30 @@ from .models import (
 MEAN, STD = 0.5, 0.25
 
 
-def request(name: str, task: str, decoder: str, classes: list[str], background: str | None, channels: int = 3,
-            height: int = SIZE, width: int = SIZE, **extra: object) -> ExportRequest:
+def request(
+    name: str,
+    task: str,
+    decoder: str,
+    classes: list[str],
+    background: str | None,
+    channels: int = 3,
+    height: int = SIZE,
+    width: int = SIZE,
+    **extra: object,
+) -> ExportRequest:
     return ExportRequest(
-        name=name, task=task, classes=classes, background_class=background, channels=channels, height=height,
-        width=width, resize="stretch", mean=(MEAN,) * channels, std=(STD,) * channels, decoder=decoder, **extra,
+        name=name,
+        task=task,
+        classes=classes,
+        background_class=background,
+        channels=channels,
+        height=height,
+        width=width,
+        resize="stretch",
+        mean=(MEAN,) * channels,
+        std=(STD,) * channels,
+        decoder=decoder,
+        **extra,
     )
 
 
@@ -57,8 +76,13 @@ def test_torchvision_model_exports_with_normalisation_in_graph_and_dynamic_batch
     tmp_path: Path, architecture: str, task: str, decoder: str, classes: list[str], background: str
 ) -> None:
     model = calibrated(torchvision_model(architecture, len(classes)))
-    version = export_model(model, request("weld-model", task, decoder, classes, background), tmp_path,
-                           source=f"{architecture}.pt", architecture=architecture)
+    version = export_model(
+        model,
+        request("weld-model", task, decoder, classes, background),
+        tmp_path,
+        source=f"{architecture}.pt",
+        architecture=architecture,
+    )
 
     manifest = version.manifest
     assert (manifest.name, manifest.version, version.path) == ("weld-model", 1, tmp_path / "weld-model" / "1")
@@ -87,8 +111,18 @@ def test_torchvision_detector_exports_one_image_with_nms_inside_and_input_pixel_
 ) -> None:
     detector = torchvision_detector(architecture)
     height, width = 64, 96
-    detection = request("weld-detector", "detection", "boxes_scores_labels", DETECTOR_CLASSES, "background",
-                        channels=1, height=height, width=width, nms_iou=0.45, max_detections=20)
+    detection = request(
+        "weld-detector",
+        "detection",
+        "boxes_scores_labels",
+        DETECTOR_CLASSES,
+        "background",
+        channels=1,
+        height=height,
+        width=width,
+        nms_iou=0.45,
+        max_detections=20,
+    )
     version = export_model(detector, detection, tmp_path, source="detector.pt")
 
     manifest = version.manifest
@@ -132,18 +166,28 @@ def test_yolo_head_exports_with_dynamic_batch(tmp_path: Path) -> None:
 def test_parity_inputs_replace_the_random_images(tmp_path: Path) -> None:
     head = calibrated(TinyYoloHead(channels=1, num_classes=3), channels=1)
     images = torch.from_numpy(random_images(6, channels=1, seed=11))
-    version = export_model(head, request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1), tmp_path,
-                           source="yolo.pt", parity_inputs=images)
+    version = export_model(
+        head,
+        request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1),
+        tmp_path,
+        source="yolo.pt",
+        parity_inputs=images,
+    )
     assert version.manifest.provenance.parity.samples == 6
     assert version.manifest.provenance.parity.batch_sizes == [1, 2, 3]  # batches of 1, 3, then the 2 left
 
 
 def test_fp16_export_halves_the_weights_keeps_uint8_input_and_float32_output(tmp_path: Path) -> None:
     model = calibrated(torchvision_model("resnet18", len(WELD_CLASSES)))
-    fp32 = export_model(model, request("r18", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path,
-                        source="r18.pt")
-    fp16 = export_model(model, request("r18", "classification", "softmax", WELD_CLASSES, "no_defect", fp16=True),
-                        tmp_path, source="r18.pt")
+    fp32 = export_model(
+        model, request("r18", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="r18.pt"
+    )
+    fp16 = export_model(
+        model,
+        request("r18", "classification", "softmax", WELD_CLASSES, "no_defect", fp16=True),
+        tmp_path,
+        source="r18.pt",
+    )
 
     assert (fp32.manifest.version, fp16.manifest.version) == (1, 2)
     assert fp16.manifest.provenance.fp16 and not fp32.manifest.provenance.fp16
@@ -161,24 +205,33 @@ def test_model_whose_output_changes_between_runs_fails_parity_and_writes_nothing
     store = tmp_path / "store"
     failure = r"^parity check failed: logits differ by up to [0-9.]+ between onnxruntime and PyTorch \(bound [0-9.]+\)$"
     with pytest.raises(ExportError, match=failure):
-        export_model(NoisyClassifier(3, 4), request("noisy", "classification", "softmax", WELD_CLASSES, "no_defect"),
-                     store, source="noisy.pt")
+        export_model(
+            NoisyClassifier(3, 4),
+            request("noisy", "classification", "softmax", WELD_CLASSES, "no_defect"),
+            store,
+            source="noisy.pt",
+        )
     assert_nothing_written(store)
 
 
 def test_class_count_that_differs_from_the_output_width_is_refused(tmp_path: Path) -> None:
     model = FixedSizeClassifier(3, num_classes=5)
     with pytest.raises(ExportError, match=r"gives \[1, 5\] for 1 image\(s\); the softmax decoder with 4 classes"):
-        export_model(model, request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path,
-                     source="m.pt")
+        export_model(
+            model, request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="m.pt"
+        )
     assert_nothing_written(tmp_path)
 
 
 def test_input_size_the_model_cannot_run_is_refused(tmp_path: Path) -> None:
     model = FixedSizeClassifier(3, num_classes=4)
     with pytest.raises(ExportError, match=r"^the model fails on a \[1, 3, 32, 32\] input: RuntimeError"):
-        export_model(model, request("weld", "classification", "softmax", WELD_CLASSES, "no_defect",
-                                    height=32, width=32), tmp_path, source="m.pt")
+        export_model(
+            model,
+            request("weld", "classification", "softmax", WELD_CLASSES, "no_defect", height=32, width=32),
+            tmp_path,
+            source="m.pt",
+        )
     assert_nothing_written(tmp_path)
 
 
@@ -198,8 +251,19 @@ def test_input_size_the_model_cannot_run_is_refused(tmp_path: Path) -> None:
 def test_bad_request_is_refused_in_one_line_before_any_export(
     tmp_path: Path, changes: dict[str, object], message: str
 ) -> None:
-    fields = dict(name="weld", task="classification", classes=WELD_CLASSES, background_class="no_defect", channels=3,
-                  height=SIZE, width=SIZE, resize="stretch", mean=(MEAN,) * 3, std=(STD,) * 3, decoder="softmax")
+    fields = dict(
+        name="weld",
+        task="classification",
+        classes=WELD_CLASSES,
+        background_class="no_defect",
+        channels=3,
+        height=SIZE,
+        width=SIZE,
+        resize="stretch",
+        mean=(MEAN,) * 3,
+        std=(STD,) * 3,
+        decoder="softmax",
+    )
     with pytest.raises(ExportError, match=message) as refusal:
         export_model(FixedSizeClassifier(3, 4), ExportRequest(**{**fields, **changes}), tmp_path, source="m.pt")
     assert "\n" not in str(refusal.value)
@@ -226,6 +290,10 @@ def test_boxes_scores_labels_decoder_needs_a_torchvision_detector(tmp_path: Path
 
 def test_parity_inputs_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"^parity inputs must be uint8 \[N, 3, 64, 64\], got torch.float32"):
-        export_model(FixedSizeClassifier(3, 4), request("weld", "classification", "softmax", WELD_CLASSES,
-                                                        "no_defect"),
-                     tmp_path, source="m.pt", parity_inputs=torch.zeros(2, 3, SIZE, SIZE))
+        export_model(
+            FixedSizeClassifier(3, 4),
+            request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"),
+            tmp_path,
+            source="m.pt",
+            parity_inputs=torch.zeros(2, 3, SIZE, SIZE),
+        )

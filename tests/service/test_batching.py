@@ -62,7 +62,9 @@ def test_a_failing_batch_fails_only_its_own_requests():
     batcher = MicroBatcher(model, max_batch_size=2, window_s=0.05, name="t")
 
     async def scenario():
-        first = await asyncio.gather(batcher.submit(np.array([99])), batcher.submit(np.array([1])), return_exceptions=True)
+        first = await asyncio.gather(
+            batcher.submit(np.array([99])), batcher.submit(np.array([1])), return_exceptions=True
+        )
         second = await batcher.submit(np.array([3]))
         return first, second
 

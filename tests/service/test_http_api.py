@@ -128,8 +128,7 @@ def test_detector_boxes_land_on_the_drawn_defects_in_original_pixels(server, wid
             matches = [
                 d
                 for d in body["detections"]
-                if d["class_name"] == label
-                and box_iou(drawn, [d["box"][k] for k in ("x1", "y1", "x2", "y2")]) >= 0.3
+                if d["class_name"] == label and box_iou(drawn, [d["box"][k] for k in ("x1", "y1", "x2", "y2")]) >= 0.3
             ]
             found_any += bool(matches)
         assert label in body["defects"] and body["decision"] == "reject"

@@ -8,8 +8,17 @@ from service.preprocess import to_batch, to_model_input
 
 def spec(**overrides) -> InputSpec:
     fields = dict(
-        name="images", channels=1, height=32, width=32, resize="letterbox", dtype="uint8",
-        mean=(0.5,), std=(0.25,), normalization_in_graph=True, dynamic_batch=True, letterbox_fill=114,
+        name="images",
+        channels=1,
+        height=32,
+        width=32,
+        resize="letterbox",
+        dtype="uint8",
+        mean=(0.5,),
+        std=(0.25,),
+        normalization_in_graph=True,
+        dynamic_batch=True,
+        letterbox_fill=114,
     )
     return InputSpec(**{**fields, **overrides})
 
@@ -31,9 +40,7 @@ def test_stretch_fills_the_whole_input_in_channel_first_order():
     frame = np.zeros((48, 64, 3), dtype=np.uint8)
     frame[..., 0] = 10
     frame[..., 2] = 250
-    tensor, geometry = to_model_input(
-        decoded(frame), spec(channels=3, resize="stretch", mean=(0, 0, 0), std=(1, 1, 1))
-    )
+    tensor, geometry = to_model_input(decoded(frame), spec(channels=3, resize="stretch", mean=(0, 0, 0), std=(1, 1, 1)))
     assert tensor.shape == (3, 32, 32)
     assert geometry.content_box == (0, 0, 32, 32)
     assert (tensor[0] == 10).all() and (tensor[1] == 0).all() and (tensor[2] == 250).all()

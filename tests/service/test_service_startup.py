@@ -18,7 +18,11 @@ def serve_expecting_failure(tmp_path, **settings) -> subprocess.CompletedProcess
     env = {**os.environ, **{f"INSPECTION_{k.upper()}": str(v) for k, v in settings.items()}}
     return subprocess.run(
         [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -49,7 +53,9 @@ def test_requests_over_the_concurrency_limit_answer_503_and_the_rest_succeed(tmp
         def send(_):
             return httpx.post(
                 f"{server.url}/v1/models/weld-segmenter/predict",
-                content=frame, headers={"Content-Type": "image/jpeg"}, timeout=120,
+                content=frame,
+                headers={"Content-Type": "image/jpeg"},
+                timeout=120,
             )
 
         with ThreadPoolExecutor(max_workers=12) as pool:

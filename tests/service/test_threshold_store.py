@@ -78,7 +78,9 @@ def test_a_stale_expected_revision_conflicts_and_writes_nothing(store: Threshold
     manifest = make_manifest(name=unique_name())
     store.update(manifest, thresholds={"crack": 0.2}, nms_iou=None, author="ann", reason="first", expected_revision=1)
     with pytest.raises(Conflict, match=r"at revision 2 \(by ann: first\), not 1.*send expected_revision 2"):
-        store.update(manifest, thresholds={"crack": 0.9}, nms_iou=None, author="bob", reason="late", expected_revision=1)
+        store.update(
+            manifest, thresholds={"crack": 0.9}, nms_iou=None, author="bob", reason="late", expected_revision=1
+        )
     assert [r.revision for r in store.history(manifest.name)] == [2, 1]
     assert store.current(manifest).thresholds["crack"] == 0.2
 
@@ -158,7 +160,9 @@ def test_unknown_classes_values_outside_0_1_and_misplaced_nms_iou_are_refused(st
     ]
     for thresholds, nms_iou, message in cases:
         with pytest.raises(InvalidParameters, match=message):
-            store.update(classifier, thresholds=thresholds, nms_iou=nms_iou, author="a", reason="r", expected_revision=1)
+            store.update(
+                classifier, thresholds=thresholds, nms_iou=nms_iou, author="a", reason="r", expected_revision=1
+            )
     assert len(store.history(classifier.name)) == 1
 
     detector = make_manifest(name=unique_name(), task="detection")
@@ -171,7 +175,9 @@ def test_unknown_classes_values_outside_0_1_and_misplaced_nms_iou_are_refused(st
 def test_history_is_newest_first_and_pages_with_before(store: ThresholdStore):
     manifest = make_manifest(name=unique_name())
     for base in range(1, 6):
-        store.update(manifest, thresholds={"crack": base / 10}, nms_iou=None, author="a", reason="r", expected_revision=base)
+        store.update(
+            manifest, thresholds={"crack": base / 10}, nms_iou=None, author="a", reason="r", expected_revision=base
+        )
     assert [r.revision for r in store.history(manifest.name, limit=2)] == [6, 5]
     assert [r.revision for r in store.history(manifest.name, limit=2, before=5)] == [4, 3]
     assert [r.revision for r in store.history(manifest.name, limit=10, before=2)] == [1]

@@ -87,7 +87,9 @@ def all_revisions(server: RunningServer, model: str = CLASSIFIER) -> list[dict]:
     revisions, before = [], None
     while True:
         params = {"limit": 50, **({"before": before} if before else {})}
-        page = ThresholdHistory.model_validate(httpx.get(thresholds_url(server, model, "/history"), params=params).json())
+        page = ThresholdHistory.model_validate(
+            httpx.get(thresholds_url(server, model, "/history"), params=params).json()
+        )
         revisions += [r.model_dump(mode="json") for r in page.revisions]
         if page.next_before is None:
             return revisions
@@ -103,7 +105,10 @@ def test_a_fresh_store_answers_the_manifest_defaults_as_revision_one(server, cra
     assert (first["revision"], first["kind"], first["replaces"]) == (1, "initial", None)
     assert first["thresholds"] == manifest["thresholds"] and first["nms_iou"] is None
     assert first["author"] == "model store" and first["reason"] == f"defaults of {SEGMENTER}:{manifest['version']}"
-    assert read(server, DETECTOR)["nms_iou"] == httpx.get(f"{server.url}/v1/models/{DETECTOR}").json()["manifest"]["nms_iou"]
+    assert (
+        read(server, DETECTOR)["nms_iou"]
+        == httpx.get(f"{server.url}/v1/models/{DETECTOR}").json()["manifest"]["nms_iou"]
+    )
 
 
 def test_every_worker_uses_a_new_revision_on_its_next_request(server, crack_jpeg):
@@ -114,7 +119,12 @@ def test_every_worker_uses_a_new_revision_on_its_next_request(server, crack_jpeg
         }
         response = change(
             server,
-            {"thresholds": {"crack": 1.0}, "author": "qa", "reason": "two workers", "expected_revision": before["revision"]},
+            {
+                "thresholds": {"crack": 1.0},
+                "author": "qa",
+                "reason": "two workers",
+                "expected_revision": before["revision"],
+            },
         )
         assert response.status_code == 200, response.text
         new = response.json()["revision"]
@@ -132,7 +142,12 @@ def test_concurrent_writers_on_the_same_revision_exactly_one_wins_the_others_get
 
     def write(index: int) -> httpx.Response:
         start.wait()
-        body = {"thresholds": {"porosity": index / 10}, "author": f"qa-{index}", "reason": "race", "expected_revision": base}
+        body = {
+            "thresholds": {"porosity": index / 10},
+            "author": f"qa-{index}",
+            "reason": "race",
+            "expected_revision": base,
+        }
         return change(server, body)
 
     with ThreadPoolExecutor(6) as pool:
@@ -151,7 +166,12 @@ def test_a_stale_expected_revision_answers_409_naming_the_current_one_and_change
     current = read(server)
     response = change(
         server,
-        {"thresholds": {"crack": 0.11}, "author": "qa", "reason": "stale", "expected_revision": current["revision"] - 1},
+        {
+            "thresholds": {"crack": 0.11},
+            "author": "qa",
+            "reason": "stale",
+            "expected_revision": current["revision"] - 1,
+        },
     )
     assert error_code(response, 409) == "conflict"
     assert f"send expected_revision {current['revision']}" in response.json()["error"]["message"]
@@ -161,11 +181,17 @@ def test_a_stale_expected_revision_answers_409_naming_the_current_one_and_change
 def test_rollback_brings_back_earlier_values_and_history_records_who_and_why(server):
     base = read(server)
     changed = change(
-        server, {"thresholds": {"undercut": 0.05}, "author": "ann", "reason": "try", "expected_revision": base["revision"]}
+        server,
+        {"thresholds": {"undercut": 0.05}, "author": "ann", "reason": "try", "expected_revision": base["revision"]},
     ).json()
     response = httpx.post(
         thresholds_url(server, tail="/rollback"),
-        json={"to_revision": base["revision"], "author": "bob", "reason": "too many alarms", "expected_revision": changed["revision"]},
+        json={
+            "to_revision": base["revision"],
+            "author": "bob",
+            "reason": "too many alarms",
+            "expected_revision": changed["revision"],
+        },
         headers=AUTH,
     )
     assert response.status_code == 200, response.text
@@ -191,7 +217,9 @@ def test_history_is_newest_first_in_pages(server):
     assert numbers == list(range(len(numbers), 0, -1))
     first = httpx.get(thresholds_url(server, tail="/history"), params={"limit": 2}).json()
     assert [r["revision"] for r in first["revisions"]] == numbers[:2] and first["next_before"] == numbers[1]
-    second = httpx.get(thresholds_url(server, tail="/history"), params={"limit": 2, "before": first["next_before"]}).json()
+    second = httpx.get(
+        thresholds_url(server, tail="/history"), params={"limit": 2, "before": first["next_before"]}
+    ).json()
     assert [r["revision"] for r in second["revisions"]] == numbers[2:4]
 
 
@@ -266,7 +294,12 @@ def test_a_burst_of_writes_killed_midway_loses_no_acknowledged_revision(tmp_path
                     try:
                         base = client.get(thresholds_url(doomed)).json()["revision"]
                         value = round((index * 1000 + step) % 997 / 997, 4)
-                        body = {"thresholds": {"crack": value}, "author": f"writer-{index}", "reason": f"burst {step}", "expected_revision": base}
+                        body = {
+                            "thresholds": {"crack": value},
+                            "author": f"writer-{index}",
+                            "reason": f"burst {step}",
+                            "expected_revision": base,
+                        }
                         response = client.put(thresholds_url(doomed), json=body, headers=AUTH)
                     except (httpx.HTTPError, ValueError):
                         return  # the server is gone
@@ -316,7 +349,12 @@ def test_two_replicas_on_postgresql_use_each_others_writes(tmp_path: Path, crack
     settings = {"workers": 1, "models": CLASSIFIER, "admin_token": TOKEN, "thresholds_db": url}
     with running_server(tmp_path, **settings) as first, running_server(tmp_path, **settings) as second:
         base = read(second)
-        body = {"thresholds": {"crack": 0.42}, "author": "qa", "reason": "replicas", "expected_revision": base["revision"]}
+        body = {
+            "thresholds": {"crack": 0.42},
+            "author": "qa",
+            "reason": "replicas",
+            "expected_revision": base["revision"],
+        }
         written = change(first, body).json()
         assert written["revision"] == base["revision"] + 1
         assert predict(second, crack_jpeg)["thresholds_revision"] == written["revision"]
@@ -362,7 +400,19 @@ def test_the_sweep_endpoint_and_the_cli_agree_and_applying_the_proposal_changes_
 
     plot, report = tmp_path / "pr.png", tmp_path / "report.json"
     argv = ["--url", server.url, "--model", CLASSIFIER, "--samples", str(samples), "--target", "crack=0.99"]
-    argv += ["--plot", str(plot), "--json", str(report), "--apply", "--token", TOKEN, "--author", "qa", "--reason", "tuned"]
+    argv += [
+        "--plot",
+        str(plot),
+        "--json",
+        str(report),
+        "--apply",
+        "--token",
+        TOKEN,
+        "--author",
+        "qa",
+        "--reason",
+        "tuned",
+    ]
     assert tune.main(argv) == 0
     out = capsys.readouterr()
     assert "40/40 images" in out.err and "recall >= 0.99" in out.out
@@ -371,7 +421,11 @@ def test_the_sweep_endpoint_and_the_cli_agree_and_applying_the_proposal_changes_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     applied = read(server)
-    assert (applied["revision"], applied["replaces"], applied["author"]) == (before["revision"] + 1, before["revision"], "qa")
+    assert (applied["revision"], applied["replaces"], applied["author"]) == (
+        before["revision"] + 1,
+        before["revision"],
+        "qa",
+    )
     assert applied["thresholds"] == from_endpoint["proposal"]["thresholds"]
     crack_image = next((samples / "crack").iterdir()).read_bytes()
     answer = predict(server, crack_image)
@@ -386,7 +440,9 @@ def test_a_sweep_counts_every_labelled_positive_of_detection_and_segmentation_sa
     assert len(report["classes"]["crack"]["curve"]["thresholds"]) == 21
     if task == "detection":  # a positive is a labelled box
         labels = json.loads((samples / "labels.json").read_text())
-        expected = {name: sum(b["class_name"] == name for boxes in labels.values() for b in boxes) for name in report["classes"]}
+        expected = {
+            name: sum(b["class_name"] == name for boxes in labels.values() for b in boxes) for name in report["classes"]
+        }
     else:  # a positive is an image whose mask holds the class
         classes = httpx.get(f"{server.url}/v1/models/{model}").json()["classes"]
         expected = {name: 0 for name in report["classes"]}
@@ -406,5 +462,7 @@ def test_a_sweep_body_that_is_not_a_zip_is_refused(server):
         thresholds_url(server, tail="/sweep"), content=b"not a zip", headers={"Content-Type": "application/zip"}
     )
     assert error_code(response, 400) == "malformed_request"
-    response = httpx.post(thresholds_url(server, tail="/sweep"), content=b"{}", headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        thresholds_url(server, tail="/sweep"), content=b"{}", headers={"Content-Type": "application/json"}
+    )
     assert error_code(response, 415) == "unsupported_media_type"

@@ -92,7 +92,9 @@ def test_without_a_target_the_middle_of_the_best_f1_plateau_is_proposed():
 
 
 def test_report_shows_counts_at_current_and_proposed_sets_and_the_confusion():
-    report = classification_tally().report({"porosity": 0.5, "crack": 0.5}, revision=4, nms_iou=None, targets={"crack": 0.99})
+    report = classification_tally().report(
+        {"porosity": 0.5, "crack": 0.5}, revision=4, nms_iou=None, targets={"crack": 0.99}
+    )
     assert report.proposal == {"porosity": 0.33, "crack": 0.2}
     crack = report.classes["crack"]
     assert crack.positives == 3
@@ -126,7 +128,11 @@ def detection_tally() -> SweepTally:
     manifest = make_manifest(name="weld-detector", task="detection", classes=CLASSES)
     images = [
         (
-            Truth(frozenset({"crack", "porosity"}), boxes=np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), box_classes=("crack", "porosity")),
+            Truth(
+                frozenset({"crack", "porosity"}),
+                boxes=np.array([[0, 0, 10, 10], [20, 20, 30, 30]]),
+                box_classes=("crack", "porosity"),
+            ),
             [
                 ("crack", 0.9, (0, 0, 10, 10)),  # IoU 1: true positive
                 ("crack", 0.8, (1, 0, 11, 10)),  # the same crack again: false positive
@@ -206,7 +212,12 @@ def test_progress_reports_count_rate_and_time_left():
     progress.advance()
     assert lines == []  # not yet due
     progress.advance()
-    assert len(lines) == 1 and lines[0].startswith("3/3 images, ") and "img/s" in lines[0] and lines[0].endswith("~0 s left")
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("3/3 images, ")
+        and "img/s" in lines[0]
+        and lines[0].endswith("~0 s left")
+    )
 
 
 # --- labelled sample sets ---------------------------------------------------------------------
