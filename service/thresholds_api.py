@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import ClientDisconnect
 
 from .config import Settings
 from .errors import (
@@ -39,6 +38,7 @@ from .options import PredictionOptions
 from .schemas import ErrorResponse
 from .served_models import ServedModels
 from .tuning import Progress, SweepTally
+from .upload import read_body
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             raise UnsupportedMediaType(
                 f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
             )
-        archive = await _read_limited(request, settings.max_sweep_bytes)
+        archive = await read_body(request, settings.max_sweep_bytes, "archive", "INSPECTION_MAX_SWEEP_BYTES")
         try:
             files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
             samples = read_samples(files, manifest)
@@ -333,19 +333,3 @@ def _parse_targets(text: str) -> dict[str, float]:
             raise InvalidParameters(f"targets look like 'crack:0.99' with a recall from 0 to 1, got {item.strip()!r}")
         targets[name.strip()] = number
     return targets
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"archive is {declared} bytes; the limit is {limit} (INSPECTION_MAX_SWEEP_BYTES)")
-    chunks, received = [], 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"archive is over the limit of {limit} bytes (INSPECTION_MAX_SWEEP_BYTES)")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise MalformedRequest(f"client disconnected after {received} bytes of the archive") from exc
-    return b"".join(chunks)

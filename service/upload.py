@@ -30,7 +30,7 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
         )
     # multipart adds headers and boundaries around the image: allow for them.
     limit = max_bytes + 64 * 1024 if media_type == MULTIPART else max_bytes
-    body = await _read_body(request, limit)
+    body = await read_body(request, limit)
     if media_type != MULTIPART:
         return body
     try:
@@ -49,20 +49,23 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(
+    request: Request, limit: int, what: str = "body", setting: str = "INSPECTION_MAX_BODY_BYTES"
+) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (`what` and `setting` name it)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+        raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit} ({setting})")
     chunks: list[bytes] = []
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes ({setting})")
             chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise MalformedRequest(f"client disconnected after {received} bytes of the body") from exc
+        raise MalformedRequest(f"client disconnected after {received} bytes of the {what}") from exc
     body = b"".join(chunks)
     # Starlette's form parser reads the body again from this cache.
     request._body = body  # noqa: SLF001
