@@ -29,9 +29,6 @@ import json
 import os
 import platform
 import queue
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,6 +45,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.frames import line_frames
+from loadtests.server import ROOT, running_server
 from service.config import Settings
 from service.decode import decode_image
 from service.metrics import STAGES
@@ -55,8 +53,6 @@ from service.preprocess import to_batch, to_model_input
 from service.repository import ModelVersion, load_version
 from service.runtime import create_session
 
-ROOT = Path(__file__).resolve().parent.parent
-BENTOML = Path(sys.executable).parent / "bentoml"
 SERVED_TARGET = 0.85
 LATENCY_TARGET = 3.0
 
@@ -267,85 +263,9 @@ def bare_pipeline_rate(
 def running_service(
     variant: Variant, model_store: Path, models: list[str], log_dir: Path
 ) -> Iterator[tuple[str, psutil.Process]]:
-    """`bentoml serve` on 127.0.0.1 with the variant's settings; stopped by its process group id."""
-    port = free_port()
-    bentoml_home = log_dir / f"bentoml-{variant.name}"
-    env = {
-        **os.environ,
-        **variant.env,
-        "INSPECTION_MODEL_STORE": str(model_store),
-        "INSPECTION_MODELS": ",".join(models),
-        # Its own BentoML home: the Prometheus multiprocess folder lives there, and another server
-        # on this machine would otherwise share (and wipe) it.
-        "BENTOML_HOME": str(bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        # A thresholds database of its own: the benchmark must not see or leave live threshold changes.
-        "INSPECTION_STATE_DIR": str(log_dir / f"state-{variant.name}"),
-    }
-    log_path = log_dir / f"server-{variant.name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    workers = int(env.get("INSPECTION_WORKERS", Settings().workers))
-    try:
-        asyncio.run(wait_ready(url, process, log_path))
-        wait_for_workers(bentoml_home, workers, process, log_path)
-        yield url, psutil.Process(process.pid)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                async with client.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.3)
-    raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{log_path.read_text()[-3000:]}")
-
-
-def loaded_workers(bentoml_home: Path) -> int:
-    """Workers that have loaded their models: each sets its model-info gauge, which prometheus_client
-    keeps in a file named after the worker's PID."""
-    return len(list((bentoml_home / "prometheus_multiproc_dir").glob("gauge_max_*.db")))
-
-
-def wait_for_workers(
-    bentoml_home: Path, workers: int, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0
-) -> None:
-    """/readyz answers as soon as one worker is up; clients connecting then would all stay on that
-    worker for as long as they keep their connections. Wait for every worker."""
-    deadline = time.monotonic() + timeout_s
-    while loaded_workers(bentoml_home) < workers:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{workers} workers did not all start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
+    """`bentoml serve` on 127.0.0.1 with the variant's settings, every worker up; stopped by PID."""
+    with running_server(log_dir, 180.0, env=variant.env, model_store=model_store, models=",".join(models)) as server:
+        yield server.url, psutil.Process(server.process.pid)
 
 
 async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> bool:

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.synthetic import CLASSES, encode_image, generate_weld
 from service.metrics import STAGES
-from tests.conftest import ROOT, RunningServer, running_server
+from tests.conftest import ROOT, running_server
 
 CLASSIFIER, DETECTOR, SEGMENTER = "weld-classifier", "weld-detector", "weld-segmenter"
 UNKNOWN = "weld-nothing"
@@ -70,29 +69,11 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def worker_pids(server: RunningServer, kind: str) -> set[str]:
-    """PIDs of the workers that wrote a prometheus_client file of this kind (one file per kind and PID).
-
-    `gauge_max`: the worker has loaded its models (it set the model-info gauge);
-    `counter`: it has answered a prediction.
-    """
-    folder = server.bentoml_home / "prometheus_multiproc_dir"
-    return {re.sub(r"\D", "", path.stem) for path in folder.glob(f"{kind}_*.db")}
-
-
-def wait_for_workers(server: RunningServer, workers: int, timeout_s: float = 60.0) -> None:
-    """/readyz answers once one worker is up; the traffic must find them all up."""
-    deadline = time.monotonic() + timeout_s
-    while len(worker_pids(server, "gauge_max")) < workers:
-        assert time.monotonic() < deadline, server.log()[-3000:]
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory):
     """A 2-worker server that has answered known predictions and errors; (server, good answers, metrics text)."""
+    # running_server waits until both workers have loaded: the traffic must find them all up.
     with running_server(tmp_path_factory.mktemp("metrics"), workers=2, max_body_bytes=MAX_BODY_BYTES) as server:
-        wait_for_workers(server, 2)
         good = [(model, frame(seed)) for model, count in GOOD_FRAMES.items() for seed in range(count)]
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda job: post(server.url, *job), good))
@@ -110,7 +91,7 @@ def traffic(tmp_path_factory):
 
 def test_both_workers_answered_predictions(traffic):
     server, _, _ = traffic
-    assert len(worker_pids(server, "counter")) == 2
+    assert len(server.worker_pids("counter")) == 2
 
 
 def test_every_scrape_shows_the_same_totals_whichever_worker_answers(traffic):
