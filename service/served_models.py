@@ -10,7 +10,7 @@ from .config import Settings
 from .errors import UnknownModel
 from .metrics import inspection_metrics
 from .predictor import Predictor
-from .repository import ModelStoreError, load_version, model_names, parse_ref
+from .repository import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
 from .runtime import create_session, preflight_provider
 from .threshold_store import ThresholdStore
 
@@ -25,27 +25,21 @@ class ServedModels:
 
     @staticmethod
     def preflight(settings: Settings) -> None:
-        """Check the configuration without loading any graph: run once before workers start."""
+        """Check the configuration without loading any graph, before any worker starts its sessions."""
         preflight_provider(settings.provider)
-        refs = settings.models or model_names(settings.model_store)
-        if not refs:
-            raise ModelStoreError(f"no models in {settings.model_store}; run `python -m export demo` to make some")
-        for ref in refs:
-            load_version(settings.model_store, *parse_ref(ref))
+        configured_versions(settings)
         ThresholdStore.from_settings(settings).close()
 
     @classmethod
     def load(cls, settings: Settings, thresholds: ThresholdStore | None = None) -> ServedModels:
         """Open a session for every configured model; any problem stops the start-up with a clear message."""
-        refs = settings.models or model_names(settings.model_store)
         pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         thresholds = thresholds or ThresholdStore.from_settings(settings)
         metrics = inspection_metrics()
         predictors: dict[str, Predictor] = {}
-        for ref in refs:
-            name, version = parse_ref(ref)
-            model = load_version(settings.model_store, name, version)
+        for model in configured_versions(settings):
             manifest = model.manifest
+            name = manifest.name
             session = create_session(
                 model.onnx_path,
                 settings.provider,
@@ -92,3 +86,11 @@ class ServedModels:
             predictor.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.thresholds.close()
+
+
+def configured_versions(settings: Settings) -> list[ModelVersion]:
+    """The model versions to serve: those named in settings, else every model at its latest."""
+    refs = settings.models or model_names(settings.model_store)
+    if not refs:
+        raise ModelStoreError(f"no models in {settings.model_store}; run `python -m export demo` to make some")
+    return [load_version(settings.model_store, *parse_ref(ref)) for ref in refs]
