@@ -22,6 +22,7 @@ settings = get_settings()
 # samples none of them; and its request timeout keeps each request's context, span included,
 # alive for the whole timeout. Off unless asked for: set OTEL_SDK_DISABLED=false with tracing.
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+tracing_off = os.environ["OTEL_SDK_DISABLED"].strip().lower() == "true"
 # BentoML's log handlers print INFO, but loggers it did not set up stay at WARNING:
 # without this, which provider each model runs on and sweep progress would not show.
 logging.getLogger("service").setLevel(logging.INFO)
@@ -39,6 +40,10 @@ def _served_models() -> ServedModels:
     workers=settings.workers,
     # Admission control is the API's own (503 with a JSON error); BentoML only enforces the timeout.
     traffic={"timeout": settings.request_timeout_s},
+    logging={"access": {"enabled": settings.access_log}},
+    # With tracing off, BentoML's tracing middleware still builds each request's span attributes:
+    # excluding every URL makes it pass requests straight through.
+    **({"tracing": {"excluded_urls": ".*"}} if tracing_off else {}),
 )
 @bentoml.asgi_app(create_app(settings, _served_models), path="/")
 class InspectionService:

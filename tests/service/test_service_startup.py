@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -65,3 +66,24 @@ def test_requests_over_the_concurrency_limit_answer_503_and_the_rest_succeed(tmp
     overloaded = next(r for r in responses if r.status_code == 503)
     assert overloaded.json()["error"]["code"] == "overloaded"
     assert overloaded.headers["retry-after"] == "1"
+
+
+def test_a_line_per_request_is_logged_only_when_the_access_log_is_asked_for(tmp_path, server):
+    frame = encode_image(generate_weld(71_001, 640, 480, label="no_defect").image)
+    logged = "method=POST,path=/v1/models/weld-classifier/predict"
+
+    def predict(url: str) -> None:
+        response = httpx.post(
+            f"{url}/v1/models/weld-classifier/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code == 200
+
+    predict(server.url)
+    with running_server(tmp_path, access_log="true", models="weld-classifier") as logging_server:
+        predict(logging_server.url)
+        # The line is written after the answer is sent.
+        deadline = time.monotonic() + 10
+        while logged not in logging_server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logged in logging_server.log()
+    assert logged not in server.log()
