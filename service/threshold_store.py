@@ -13,14 +13,17 @@ database keeps exactly one, and the other gets `Conflict`.
 
 SQLAlchemy Core, so the same code runs on the embedded SQLite file (WAL mode,
 shared by every worker on the host) and on PostgreSQL (several replicas).
-Every prediction reads the active revision (one primary-key lookup), so a change
-through any worker takes effect on every worker's next request.
+Every prediction checks for a newer revision, so a change through any worker
+takes effect on every worker's next request: on SQLite by asking whether anything
+was committed at all since the last look (`PRAGMA data_version`, microseconds),
+on PostgreSQL by reading the newest revision number (one primary-key lookup).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -133,11 +136,14 @@ def database_url(settings: Settings) -> str:
 class ThresholdStore:
     """Threshold revisions of every model; the newest committed one is the one predictions use."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, commits: CommitWatch | None = None) -> None:
         self._engine = engine
+        self._commits = commits
         # The revision this process used last, per model: reused while it is the newest, and kept
         # in use while the database is unreachable.
         self._last_active: dict[str, ThresholdSet] = {}
+        # Per model, the database's commit count when its revision was last read (SQLite only).
+        self._read_at_commit: dict[str, int] = {}
         self._unreachable = False  # log an outage once, not once per prediction
 
     @classmethod
@@ -151,8 +157,10 @@ class ThresholdStore:
             # check_same_thread off: pooled connections move between the event loop and worker threads.
             engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 10.0})
             event.listen(engine, "connect", _sqlite_pragmas)
+            commits = CommitWatch(parsed.database)
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
+            commits = None
         try:
             _create_table(engine)
         except SQLAlchemyError as exc:
@@ -162,7 +170,7 @@ class ThresholdStore:
                 f"thresholds database {shown} is not usable ({exc.orig or exc}); "
                 "check INSPECTION_THRESHOLDS_DB, or INSPECTION_STATE_DIR for the embedded SQLite file"
             ) from exc
-        return cls(engine)
+        return cls(engine, commits)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ThresholdStore:
@@ -170,23 +178,32 @@ class ThresholdStore:
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._commits is not None:
+            self._commits.close()
 
     # --- reading -------------------------------------------------------------------------
 
     def active(self, manifest: ModelManifest) -> ThresholdSet:
-        """The set a prediction uses now: the newest revision's number is read every time, and the
-        revision itself only when it changed (revisions never change once written).
+        """The set a prediction uses now. On SQLite, the last one read here while nothing at all was
+        committed since; otherwise the newest revision's number is read, and the revision itself
+        only when it changed (revisions never change once written).
 
         With the database unreachable, the last revision read here is used, and a warning logged.
         """
         name = manifest.name
         last = self._last_active.get(name)
         try:
+            # Read before the revision: a commit in between only makes the next call look again.
+            commit = self._commits.count() if self._commits is not None else None
+            if last is not None and commit is not None and self._read_at_commit.get(name) == commit:
+                return last
             with self._engine.connect() as conn:
                 number = conn.execute(_NEWEST_NUMBER, {"model": name}).scalar()
             unchanged = last is not None and last.revision == number
             current = last if unchanged else self.current(manifest).threshold_set
-        except SQLAlchemyError as exc:
+            if commit is not None:
+                self._read_at_commit[name] = commit
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             if last is None:
                 raise
             if not self._unreachable:
@@ -370,6 +387,28 @@ _NEWEST_NUMBER = (
     .order_by(revisions.c.revision.desc())
     .limit(1)
 )
+
+
+class CommitWatch:
+    """Whether anything was committed to an SQLite file since the last look, by any process.
+
+    `PRAGMA data_version` on a connection of its own that never writes: its value changes exactly
+    when another connection commits. A few microseconds, against tens for a query through the pool.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+
+    def count(self) -> int:
+        if self._connection is None:
+            self._connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        return self._connection.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _newest(conn: Connection, model: str) -> ThresholdRevision | None:
