@@ -11,9 +11,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -22,7 +21,7 @@ from .config import Settings
 from .decode import SUPPORTED_FORMATS
 from .errors import InspectionError, InvalidParameters, Overloaded, Unauthorized
 from .metrics import UNKNOWN_MODEL, inspection_metrics
-from .options import parse_options
+from .options import QUERY_PARAMETERS, parse_options
 from .schemas import ErrorResponse, ModelDescription, ModelList, Prediction
 from .served_models import ServedModels
 from .thresholds_api import thresholds_router
@@ -45,7 +44,11 @@ _ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
     Overloaded: {"Retry-After": "1"},
     Unauthorized: {"WWW-Authenticate": "Bearer"},
 }
-_IMAGE_BODY = {
+_PREDICT_REQUEST = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+        for name, (schema, description) in QUERY_PARAMETERS.items()
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -164,31 +167,16 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         response_model=Prediction,
         response_model_exclude_none=True,
         responses=_ERRORS,
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=_PREDICT_REQUEST,
         summary="Inspect one image",
     )
-    async def predict(
-        model: str,
-        request: Request,
-        thresholds: str | None = Query(
-            None, description="Per-class threshold overrides.", examples=["crack:0.3,porosity:0.6"]
-        ),
-        nms_iou: float | None = Query(None, ge=0.0, le=1.0, description="Detection: NMS IoU override."),
-        classes: str | None = Query(None, description="Report only these defect classes.", examples=["crack"]),
-        max_detections: int | None = Query(None, ge=1, description="Detection: at most this many boxes."),
-        mask_format: Literal["rle", "png"] = Query("rle", description="Segmentation: COCO RLE or PNG masks."),
-    ) -> JSONResponse:
+    async def predict(model: str, request: Request) -> JSONResponse:
+        # The query is read and checked by `parse_options`, not declared as parameters: FastAPI's
+        # per-parameter validation cost more CPU than the rest of this endpoint put together.
         models = served_models()
         with admission.slot():
             predictor = models.get(model)
-            options = parse_options(
-                predictor.manifest,
-                thresholds=thresholds,
-                nms_iou=nms_iou,
-                classes=classes,
-                max_detections=max_detections,
-                mask_format=mask_format,
-            )
+            options = parse_options(predictor.manifest, request.query_params)
             data = await read_image_bytes(request, settings.max_body_bytes)
             answer = await predictor.predict(data, options, models.thresholds.active(predictor.manifest))
         return JSONResponse(answer)
