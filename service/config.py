@@ -33,7 +33,14 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads per worker.")
     decode_threads: int = Field(default=2, ge=1, le=64, description="Threads per worker decoding images.")
     max_batch_size: int = Field(default=8, ge=1, le=256)
-    batch_window_ms: float = Field(default=3.0, ge=0.0, le=1000.0, description="How long a batch waits to fill.")
+    batch_window_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long an idle model waits for a batch to fill. 0: what is queued runs at once, and batches "
+        "form from the requests that arrive while one runs. On CPU a batch costs the same per image as one image, "
+        "so waiting only adds latency; on a GPU a few ms can pay.",
+    )
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
