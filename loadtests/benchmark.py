@@ -29,12 +29,13 @@ import json
 import os
 import platform
 import queue
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,26 +100,36 @@ class Phases:
 
 @dataclass(frozen=True)
 class Variant:
-    """A server configuration: environment overrides on top of the defaults.
+    """A server configuration: environment overrides on top of the defaults, and the code to serve.
 
     `NAME:key=value,...`: a lower-case key is a service setting (`max_batch_size=4` sets
-    INSPECTION_MAX_BATCH_SIZE), an upper-case one any environment variable of the server.
+    INSPECTION_MAX_BATCH_SIZE), an upper-case one any environment variable of the server, and
+    `ref=COMMIT` serves the service as it was at that commit (a temporary git worktree), so that a
+    change can be measured against the code before it in the same run.
     """
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
+    ref: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         name, _, pairs = text.partition(":")
         given = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        ref = given.pop("ref", None)
+        if ref is not None:
+            found = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], capture_output=True
+            )
+            if found.returncode != 0:
+                raise argparse.ArgumentTypeError(f"ref {ref!r} is no commit of this repository")
         settings = {key: value for key, value in given.items() if not key.isupper()}
         unknown = set(settings) - set(Settings.model_fields)
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown settings {sorted(unknown)}; see service/config.py")
         Settings(**settings)  # a bad value fails here, not in the server
         env = {f"INSPECTION_{key.upper()}": value for key, value in settings.items()}
-        return cls(name, {**env, **{key: value for key, value in given.items() if key.isupper()}})
+        return cls(name, {**env, **{key: value for key, value in given.items() if key.isupper()}}, ref)
 
 
 @dataclass
@@ -181,6 +192,18 @@ def cpu_seconds(process: psutil.Process) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def worker_cpu_seconds(server: psutil.Process) -> dict[int, float]:
+    """CPU time so far of each process under the server, by PID: how the load spreads over the workers."""
+    seconds = {}
+    for member in server.children(recursive=True):
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[member.pid] = times.user + times.system
+    return seconds
 
 
 def bare_pipeline_rate(
@@ -263,9 +286,25 @@ def bare_pipeline_rate(
 def running_service(
     variant: Variant, model_store: Path, models: list[str], log_dir: Path
 ) -> Iterator[tuple[str, psutil.Process]]:
-    """`bentoml serve` on 127.0.0.1 with the variant's settings, every worker up; stopped by PID."""
-    with running_server(log_dir, 180.0, env=variant.env, model_store=model_store, models=",".join(models)) as server:
+    """`bentoml serve` on 127.0.0.1 with the variant's settings and code, every worker up; stopped by PID."""
+    with ExitStack() as stack:
+        code = ROOT
+        if variant.ref is not None:
+            code = stack.enter_context(worktree(variant.ref, log_dir / f"code-{variant.name}"))
+        server = stack.enter_context(
+            running_server(log_dir, 180.0, env=variant.env, root=code, model_store=model_store, models=",".join(models))
+        )
         yield server.url, psutil.Process(server.process.pid)
+
+
+@contextmanager
+def worktree(ref: str, path: Path) -> Iterator[Path]:
+    """This repository's files at `ref`, checked out at `path` for as long as the context lasts."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), ref], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=True)
 
 
 async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> bool:
@@ -274,34 +313,48 @@ async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> b
         return response.status == 200
 
 
-async def closed_loop(url: str, frames: list[bytes], concurrency: int, seconds: float) -> Latencies:
-    """`concurrency` clients, each sending its next frame as soon as the previous answer arrives."""
+def client_session(connections: int) -> aiohttp.ClientSession:
+    """At most `connections` keep-alive connections, kept from one phase to the next, as cameras keep theirs."""
+    connector = aiohttp.TCPConnector(limit=connections)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def closed_loop(
+    client: aiohttp.ClientSession, url: str, frames: list[bytes], concurrency: int, seconds: float, ramp_s: float = 0.0
+) -> Latencies:
+    """`concurrency` clients, each sending its next frame as soon as the previous answer arrives.
+
+    With `ramp_s`, the clients start one after another over that time, each opening its connection
+    while the others already load the server. Opened in one burst, the connections would all go to
+    one worker process (its event loop accepts every pending connection at once) and stay there.
+    """
     latencies: list[float] = []
     failures = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        started = time.perf_counter()
-        deadline = started + seconds
+    started = time.perf_counter()
+    deadline = started + seconds
 
-        async def client_loop(offset: int) -> None:
-            nonlocal failures
-            index = offset
-            while time.perf_counter() < deadline:
-                sent = time.perf_counter()
-                ok = await post_frame(client, url, frames[index % len(frames)])
-                done = time.perf_counter()
-                if done <= deadline:  # an answer after the window is not counted
-                    if ok:
-                        latencies.append(done - sent)
-                    else:
-                        failures += 1
-                index += 1
+    async def client_loop(offset: int) -> None:
+        nonlocal failures
+        await asyncio.sleep(ramp_s * offset / concurrency)
+        index = offset
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            ok = await post_frame(client, url, frames[index % len(frames)])
+            done = time.perf_counter()
+            if done <= deadline:  # an answer after the window is not counted
+                if ok:
+                    latencies.append(done - sent)
+                else:
+                    failures += 1
+            index += 1
 
-        await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
+    await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
     return Latencies(latencies, seconds, failures)
 
 
-async def open_loop(url: str, frames: list[bytes], rate: float, seconds: float, seed: int = 0) -> Latencies:
+async def open_loop(
+    client: aiohttp.ClientSession, url: str, frames: list[bytes], rate: float, seconds: float, seed: int = 0
+) -> Latencies:
     """Poisson arrivals at `rate`/s, each request sent at its time whatever is still in flight.
 
     Latency counts from the scheduled arrival, so a late client does not hide queueing.
@@ -311,26 +364,23 @@ async def open_loop(url: str, frames: list[bytes], rate: float, seconds: float, 
     arrivals = arrivals[arrivals < seconds]
     latencies: list[float] = []
     failures = 0
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        started = time.perf_counter()
+    started = time.perf_counter()
 
-        async def request(index: int, due: float) -> None:
-            nonlocal failures
-            ok = await post_frame(client, url, frames[index % len(frames)])
-            if ok:
-                latencies.append(time.perf_counter() - due)
-            else:
-                failures += 1
+    async def request(index: int, due: float) -> None:
+        nonlocal failures
+        ok = await post_frame(client, url, frames[index % len(frames)])
+        if ok:
+            latencies.append(time.perf_counter() - due)
+        else:
+            failures += 1
 
-        tasks = []
-        for index, offset in enumerate(arrivals):
-            due = started + float(offset)
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            tasks.append(asyncio.create_task(request(index, due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
-    return Latencies(latencies, elapsed, failures)
+    tasks = []
+    for index, offset in enumerate(arrivals):
+        due = started + float(offset)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(request(index, due)))
+    await asyncio.gather(*tasks)
+    return Latencies(latencies, time.perf_counter() - started, failures)
 
 
 async def stage_totals(url: str, model: str) -> dict[str, tuple[float, float]]:
@@ -374,6 +424,7 @@ class ServedResult:
     half_rate: float
     half_rate_p99_ms: float
     failures: int
+    worker_cpu_shares: list[float]  # of the server's CPU time at saturation, per worker process
 
     @property
     def latency_ratio(self) -> float:
@@ -384,13 +435,17 @@ async def measure_served(
     url: str, server: psutil.Process, case: Case, frames: list[bytes], concurrency: int, phases: Phases, variant: str
 ) -> ServedResult:
     predict = f"{url}/v1/models/{case.model}/predict"
-    await closed_loop(predict, frames, concurrency, phases.warmup)
-    stages_before, server_cpu, client_cpu = await stage_totals(url, case.model), cpu_seconds(server), own_cpu_seconds()
-    saturated = await closed_loop(predict, frames, concurrency, phases.served)
-    server_cpu, client_cpu = cpu_seconds(server) - server_cpu, own_cpu_seconds() - client_cpu
-    stages_after = await stage_totals(url, case.model)
-    single = await closed_loop(predict, frames, 1, phases.single)
-    half = await open_loop(predict, frames, saturated.rate / 2, phases.half_rate)
+    async with client_session(concurrency) as client:
+        await closed_loop(client, predict, frames, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
+        stages_before, workers_before = await stage_totals(url, case.model), worker_cpu_seconds(server)
+        server_cpu, client_cpu = cpu_seconds(server), own_cpu_seconds()
+        saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
+        server_cpu, client_cpu = cpu_seconds(server) - server_cpu, own_cpu_seconds() - client_cpu
+        workers = worker_cpu_seconds(server)
+        stages_after = await stage_totals(url, case.model)
+        single = await closed_loop(client, predict, frames, 1, phases.single)
+        half = await open_loop(client, predict, frames, saturated.rate / 2, phases.half_rate)
+    worker_cpu = [workers[pid] - workers_before.get(pid, 0.0) for pid in workers]
     answered = len(saturated.seconds)
     return ServedResult(
         variant=variant,
@@ -406,6 +461,7 @@ async def measure_served(
         half_rate=saturated.rate / 2,
         half_rate_p99_ms=half.percentile_ms(99),
         failures=saturated.failures + single.failures + half.failures,
+        worker_cpu_shares=sorted((round(cpu / sum(worker_cpu), 2) for cpu in worker_cpu), reverse=True),
     )
 
 
@@ -415,7 +471,8 @@ async def measure_served(
 def markdown_table(rows: list[dict]) -> str:
     header = (
         "| model | frames | server | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
-        "| CPU ms/img bare | CPU ms/img server+client | single p50 ms | p99 at 0.5x ms | p99(0.5x)/single |"
+        "| CPU ms/img bare | CPU ms/img server+client | worker CPU shares | single p50 ms | p99 at 0.5x ms "
+        "| p99(0.5x)/single |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -425,6 +482,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {row['served_ratio']:.2f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} "
             f"| {row['bare_cpu_ms_per_image']:.2f} "
             f"| {row['server_cpu_ms_per_image']:.2f} + {row['client_cpu_ms_per_image']:.2f} "
+            f"| {'/'.join(f'{share:.2f}' for share in row['worker_cpu_shares'])} "
             f"| {row['single_p50_ms']:.1f} | {row['half_rate_p99_ms']:.1f} | {row['latency_ratio']:.2f} |"
         )
     return "\n".join(lines)
@@ -477,35 +535,41 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     models = sorted({case.model for case in cases})
-    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch:
-        for variant in variants:
-            with running_service(variant, args.model_store, models, Path(scratch)) as (url, server):
-                for case in cases:
-                    served = asyncio.run(
-                        measure_served(
-                            url, server, case, frames[(case.width, case.height)], args.concurrency, phases, variant.name
-                        )
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch, ExitStack() as servers:
+        # Every variant's server is up (idle ones cost nothing) and each case is measured on them one
+        # after another, so that the variants of a case see the machine in the same state.
+        running = [
+            (variant, *servers.enter_context(running_service(variant, args.model_store, models, Path(scratch))))
+            for variant in variants
+        ]
+        for case in cases:
+            for variant, url, server in running:
+                served = asyncio.run(
+                    measure_served(
+                        url, server, case, frames[(case.width, case.height)], args.concurrency, phases, variant.name
                     )
-                    row = {
-                        "model": case.model,
-                        "frames": f"{case.width}x{case.height} JPEG",
-                        "bare_rate": ceiling[case].images_per_s,
-                        "bare_cpu_ms_per_image": ceiling[case].cpu_ms_per_image,
-                        "bare_by_layout": {label: asdict(t) for label, t in bare[case].items()},
-                        **asdict(served),
-                        "served_ratio": served.served_rate / ceiling[case].images_per_s,
-                        "latency_ratio": served.latency_ratio,
-                    }
-                    rows.append(row)
-                    print(
-                        f"served {case.label} [{variant.name}]: {served.served_rate:.1f} img/s "
-                        f"({row['served_ratio']:.2f} of bare), p99 {served.p99_ms:.1f} ms, "
-                        f"CPU ms/img {served.server_cpu_ms_per_image:.2f} server "
-                        f"+ {served.client_cpu_ms_per_image:.2f} client; "
-                        f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
-                        f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}",
-                        flush=True,
-                    )
+                )
+                row = {
+                    "model": case.model,
+                    "frames": f"{case.width}x{case.height} JPEG",
+                    "bare_rate": ceiling[case].images_per_s,
+                    "bare_cpu_ms_per_image": ceiling[case].cpu_ms_per_image,
+                    "bare_by_layout": {label: asdict(t) for label, t in bare[case].items()},
+                    **asdict(served),
+                    "served_ratio": served.served_rate / ceiling[case].images_per_s,
+                    "latency_ratio": served.latency_ratio,
+                }
+                rows.append(row)
+                print(
+                    f"served {case.label} [{variant.name}]: {served.served_rate:.1f} img/s "
+                    f"({row['served_ratio']:.2f} of bare), p99 {served.p99_ms:.1f} ms, "
+                    f"CPU ms/img {served.server_cpu_ms_per_image:.2f} server "
+                    f"+ {served.client_cpu_ms_per_image:.2f} client; "
+                    f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
+                    f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}, "
+                    f"CPU shares of the workers {served.worker_cpu_shares}",
+                    flush=True,
+                )
 
     load_after = os.getloadavg()
     table = markdown_table(rows)
@@ -531,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size": settings.max_batch_size,
             "batch_window_ms": settings.batch_window_ms,
         },
-        "variants": {variant.name: variant.env for variant in variants},
+        "variants": {variant.name: {"env": variant.env, "ref": variant.ref} for variant in variants},
         "targets": {"served_over_bare_at_least": SERVED_TARGET, "half_rate_p99_over_single_at_most": LATENCY_TARGET},
         "results": rows,
         "table": table,

@@ -55,9 +55,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    log_dir: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None, **settings: object
+    log_dir: Path,
+    timeout_s: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    root: Path = ROOT,
+    **settings: object,
 ) -> Iterator[RunningServer]:
-    """Serve with `env` and INSPECTION_* `settings` on top of this environment; stop by PID afterwards."""
+    """Serve the service in `root` (this checkout unless told) with `env` and INSPECTION_* `settings` on
+    top of this environment; stop by PID afterwards."""
     port = free_port()
     bentoml_home = log_dir / f"bentoml-{port}"
     env = {
@@ -75,7 +80,7 @@ def running_server(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
