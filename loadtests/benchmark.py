@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -431,15 +432,53 @@ class ServedResult:
         return self.half_rate_p99_ms / self.single_p50_ms
 
 
+@contextmanager
+def profiling(server: psutil.Process, seconds: float, svg: Path | None) -> Iterator[None]:
+    """With `svg`, py-spy samples one worker process (every thread, 100 Hz, without pausing it) for
+    `seconds` and writes a flame graph there; otherwise nothing."""
+    if svg is None:
+        yield
+        return
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    py_spy = shutil.which("py-spy", path=search)
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: pip install -e '.[loadtest]'")
+    worker = min(member.pid for member in server.children(recursive=True))
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    command = [py_spy, "record", "--pid", str(worker), "--duration", str(max(1, int(seconds))), "--rate", "100"]
+    sampler = subprocess.Popen(
+        [*command, "--nonblocking", "--format", "flamegraph", "--output", str(svg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield
+    finally:
+        _, errors = sampler.communicate(timeout=seconds + 60)
+        if sampler.returncode != 0:
+            print(f"py-spy could not profile worker {worker}: {errors.strip()}", file=sys.stderr)
+        else:
+            print(f"profile of worker {worker}: {svg}", flush=True)
+
+
 async def measure_served(
-    url: str, server: psutil.Process, case: Case, frames: list[bytes], concurrency: int, phases: Phases, variant: str
+    url: str,
+    server: psutil.Process,
+    case: Case,
+    frames: list[bytes],
+    concurrency: int,
+    phases: Phases,
+    variant: str,
+    profile_svg: Path | None = None,
 ) -> ServedResult:
     predict = f"{url}/v1/models/{case.model}/predict"
     async with client_session(concurrency) as client:
         await closed_loop(client, predict, frames, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
         stages_before, workers_before = await stage_totals(url, case.model), worker_cpu_seconds(server)
         server_cpu, client_cpu = cpu_seconds(server), own_cpu_seconds()
-        saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
+        with profiling(server, phases.served, profile_svg):
+            saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
         server_cpu, client_cpu = cpu_seconds(server) - server_cpu, own_cpu_seconds() - client_cpu
         workers = worker_cpu_seconds(server)
         stages_after = await stage_totals(url, case.model)
@@ -506,6 +545,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="NAME:key=value,... another server configuration, measured after the default one (see Variant).",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FOLDER",
+        help="Also record a py-spy flame graph of one worker during each saturated phase, into FOLDER "
+        "(costs that worker a little CPU: compare figures from runs without it).",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "loadtests" / "results" / "benchmark.json")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     args = parser.parse_args(argv)
@@ -544,9 +590,19 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for case in cases:
             for variant, url, server in running:
+                svg = None
+                if args.profile is not None:
+                    svg = args.profile / f"{case.model}-{case.width}x{case.height}-{variant.name}.svg"
                 served = asyncio.run(
                     measure_served(
-                        url, server, case, frames[(case.width, case.height)], args.concurrency, phases, variant.name
+                        url,
+                        server,
+                        case,
+                        frames[(case.width, case.height)],
+                        args.concurrency,
+                        phases,
+                        variant.name,
+                        profile_svg=svg,
                     )
                 )
                 row = {
@@ -587,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_after": load_after,
         },
         "concurrency": args.concurrency,
+        "profiled": args.profile is not None,
         "phases_s": asdict(phases),
         "settings": {
             "workers": settings.workers,
