@@ -5,6 +5,11 @@ in threads, while the previous batch runs on the model), so a bad image never
 joins a batch. One dedicated thread runs the batches one after another; while it
 runs, the next batch fills up. When the model is idle, a batch waits at most
 `window_s` for company before it goes.
+
+A batch holds at most `max_batch_size` images, and no more than the model runs in
+`max_batch_s`, by its measured time per image: a request that arrives as a batch
+starts waits for that batch, so a slow model (or a CPU, where a batch costs the
+same per image as single images) runs small batches, and a fast one (a GPU) full ones.
 """
 
 from __future__ import annotations
@@ -44,12 +49,15 @@ class MicroBatcher:
         max_batch_size: int,
         window_s: float,
         name: str,
+        max_batch_s: float = float("inf"),
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._run_batch = run_batch
         self._on_batch = on_batch
         self._max_batch_size = max_batch_size
+        self._max_batch_s = max_batch_s
         self._window_s = window_s
+        self._seconds_per_image: float | None = None  # moving average over the batches run so far
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -87,6 +95,7 @@ class MicroBatcher:
                         p.future.set_exception(exc)
                 continue
             inference_s = time.perf_counter() - started
+            self._learn(inference_s / len(batch))
             for p, per_image in zip(batch, outputs, strict=True):
                 if not p.future.done():
                     p.future.set_result(
@@ -98,10 +107,23 @@ class MicroBatcher:
                         )
                     )
 
+    @property
+    def batch_limit(self) -> int:
+        """Images the next batch may hold: `max_batch_size`, or fewer when they would run over `max_batch_s`."""
+        if self._seconds_per_image is None or self._seconds_per_image <= 0:
+            return self._max_batch_size
+        fits = self._max_batch_s / self._seconds_per_image
+        return self._max_batch_size if fits >= self._max_batch_size else max(1, int(fits))
+
+    def _learn(self, seconds_per_image: float) -> None:
+        last = self._seconds_per_image
+        self._seconds_per_image = seconds_per_image if last is None else 0.8 * last + 0.2 * seconds_per_image
+
     async def _collect(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
         batch = [await queue.get()]
         deadline = time.perf_counter() + self._window_s
-        while len(batch) < self._max_batch_size:
+        limit = self.batch_limit
+        while len(batch) < limit:
             if not queue.empty():
                 batch.append(queue.get_nowait())
                 continue

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads per worker.")
     decode_threads: int = Field(default=2, ge=1, le=64, description="Threads per worker decoding images.")
     max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_batch_ms: float = Field(
+        default=20.0,
+        gt=0.0,
+        description="Longest a batch may run, by the model's measured time per image: fewer images per batch "
+        "for slow models, since a request arriving as a batch starts waits for all of it.",
+    )
     batch_window_ms: float = Field(
         default=0.0,
         ge=0.0,

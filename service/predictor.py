@@ -49,6 +49,7 @@ class Predictor:
             self._infer,
             max_batch_size=settings.max_batch_size if self.manifest.input.dynamic_batch else 1,
             window_s=settings.batch_window_ms / 1000.0,
+            max_batch_s=settings.max_batch_ms / 1000.0,
             name=self.manifest.name,
             on_batch=inspection_metrics().batch_size.labels(self.manifest.name).observe,
         )

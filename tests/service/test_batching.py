@@ -92,3 +92,34 @@ def test_requests_whose_clients_gave_up_are_not_run():
     batcher.close()
     assert int(last.outputs[0][0]) == 6
     assert model.batch_sizes == [1, 1]  # the abandoned one never ran
+
+
+def test_batches_shrink_to_what_the_model_runs_within_the_time_budget():
+    # 20 ms per image and a 50 ms budget: after the first batch, at most 2 images per batch.
+    model = RecordingModel(seconds_per_batch=0.0)
+    slow = lambda items: (time.sleep(0.02 * len(items)), model(items))[1]  # noqa: E731
+    batcher = MicroBatcher(slow, max_batch_size=8, window_s=0.0, max_batch_s=0.05, name="t")
+
+    async def scenario():
+        await batcher.submit(np.array([0]))
+        assert batcher.batch_limit == 2
+        return await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(9)))
+
+    results = asyncio.run(scenario())
+    batcher.close()
+    assert [int(r.outputs[0][0]) for r in results] == [2 * i for i in range(9)]
+    assert model.batch_sizes[0] == 1 and max(model.batch_sizes[1:]) == 2
+
+
+def test_a_fast_model_keeps_full_batches():
+    model = RecordingModel(seconds_per_batch=0.001)
+    batcher = MicroBatcher(model, max_batch_size=4, window_s=0.01, max_batch_s=0.05, name="t")
+
+    async def scenario():
+        for _ in range(3):
+            await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(8)))
+
+    asyncio.run(scenario())
+    batcher.close()
+    assert batcher.batch_limit == 4
+    assert max(model.batch_sizes) == 4
