@@ -10,15 +10,19 @@ For each case (the classifier at 640x480 and at 2448x2048 JPEG frames, the segme
    service's. Two layouts of those threads are measured (one session per worker, as the service
    has, and one session with all of them); the better one is the ceiling, in images/s;
 2. served: a server started here on 127.0.0.1 with the default settings, `--concurrency` requests
-   in flight (closed loop, a light aiohttp client): images/s, latency p50/p95/p99, and CPU time per
-   image of the server's processes and of the client (steadier than images/s on a shared machine);
+   in flight (closed loop, a light aiohttp client whose keep-alive connections open one after
+   another during the warm-up and serve every phase): images/s, latency p50/p95/p99, CPU time per
+   image of the server's processes and of the client (steadier than images/s on a shared
+   machine), and how that CPU time spreads over the worker processes;
 3. served / bare;
 4. single-request latency (one request at a time, p50) and p99 at half the served rate (open loop,
    Poisson arrivals at 0.5x of 2), and their ratio.
 
 Targets: served >= 0.85 x bare; p99 at half rate <= 3 x single-request latency.
-`--variant NAME:key=value,...` adds a server run with other settings (see `Variant`), so that a
-change can be compared before and after within one run. Prints a markdown table and writes JSON.
+`--variant NAME:key=value,...` adds a server with other settings or the code of another commit
+(see `Variant`), so that a change can be compared before and after within one run; `--rounds N`
+repeats each case (bare, then every variant) and reports medians; `--profile FOLDER` records a
+py-spy flame graph of one worker per saturated phase. Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import platform
 import queue
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -507,6 +512,39 @@ async def measure_served(
 # --- the run -----------------------------------------------------------------------------------------
 
 
+MEDIAN_FIELDS = (
+    "bare_rate",
+    "bare_cpu_ms_per_image",
+    "served_rate",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "server_cpu_ms_per_image",
+    "client_cpu_ms_per_image",
+    "mean_batch_size",
+    "single_p50_ms",
+    "half_rate",
+    "half_rate_p99_ms",
+    "served_ratio",
+    "latency_ratio",
+)
+
+
+def summary_row(case: Case, variant: str, rounds: list[dict]) -> dict:
+    """One table row: the median of each figure over the rounds (ratios taken within each round), the
+    most uneven split of CPU over the workers, every failure, and the rounds themselves."""
+    return {
+        "model": case.model,
+        "frames": f"{case.width}x{case.height} JPEG",
+        "variant": variant,
+        **{name: statistics.median(r[name] for r in rounds) for name in MEDIAN_FIELDS},
+        "stage_ms": {stage: statistics.median(r["stage_ms"][stage] for r in rounds) for stage in STAGES},
+        "worker_cpu_shares": max((r["worker_cpu_shares"] for r in rounds), key=max),
+        "failures": sum(r["failures"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
 def markdown_table(rows: list[dict]) -> str:
     header = (
         "| model | frames | server | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
@@ -539,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight for the served throughput.")
     parser.add_argument("--time-scale", type=float, default=1.0, help="Multiply every phase's duration.")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Measure each case this many times (bare, then every variant) and report medians.",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         type=Variant.parse,
@@ -564,68 +608,63 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
 
     frames = {(case.width, case.height): line_frames(case.width, case.height) for case in cases}
-    bare: dict[Case, dict[str, Throughput]] = {}
-    for case in cases:
-        version = load_version(args.model_store, case.model)
-        bare[case] = {
-            layout.label: bare_pipeline_rate(version, frames[(case.width, case.height)], settings, layout, phases)
-            for layout in layouts(settings)
-        }
-        shown = ", ".join(
-            f"{t.images_per_s:.1f} img/s ({t.cpu_ms_per_image:.2f} CPU ms/img) with sessions x threads {label}"
-            for label, t in bare[case].items()
-        )
-        print(f"bare {case.label}: {shown}", flush=True)
-    # The ceiling: the faster layout.
-    ceiling = {case: max(by_layout.values(), key=lambda t: t.images_per_s) for case, by_layout in bare.items()}
-
     rows: list[dict] = []
     models = sorted({case.model for case in cases})
     with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch, ExitStack() as servers:
-        # Every variant's server is up (idle ones cost nothing) and each case is measured on them one
-        # after another, so that the variants of a case see the machine in the same state.
+        # Every variant's server is up (idle ones cost nothing). Each round of a case measures the bare
+        # pipeline and then every variant, one after another, so that they see the machine in the
+        # same state; the figures of a row are medians over the rounds.
         running = [
             (variant, *servers.enter_context(running_service(variant, args.model_store, models, Path(scratch))))
             for variant in variants
         ]
         for case in cases:
-            for variant, url, server in running:
-                svg = None
-                if args.profile is not None:
-                    svg = args.profile / f"{case.model}-{case.width}x{case.height}-{variant.name}.svg"
-                served = asyncio.run(
-                    measure_served(
-                        url,
-                        server,
-                        case,
-                        frames[(case.width, case.height)],
-                        args.concurrency,
-                        phases,
-                        variant.name,
-                        profile_svg=svg,
-                    )
-                )
-                row = {
-                    "model": case.model,
-                    "frames": f"{case.width}x{case.height} JPEG",
-                    "bare_rate": ceiling[case].images_per_s,
-                    "bare_cpu_ms_per_image": ceiling[case].cpu_ms_per_image,
-                    "bare_by_layout": {label: asdict(t) for label, t in bare[case].items()},
-                    **asdict(served),
-                    "served_ratio": served.served_rate / ceiling[case].images_per_s,
-                    "latency_ratio": served.latency_ratio,
+            case_frames = frames[(case.width, case.height)]
+            version = load_version(args.model_store, case.model)
+            rounds: dict[str, list[dict]] = {variant.name: [] for variant in variants}
+            for round_number in range(1, args.rounds + 1):
+                bare = {
+                    layout.label: bare_pipeline_rate(version, case_frames, settings, layout, phases)
+                    for layout in layouts(settings)
                 }
-                rows.append(row)
-                print(
-                    f"served {case.label} [{variant.name}]: {served.served_rate:.1f} img/s "
-                    f"({row['served_ratio']:.2f} of bare), p99 {served.p99_ms:.1f} ms, "
-                    f"CPU ms/img {served.server_cpu_ms_per_image:.2f} server "
-                    f"+ {served.client_cpu_ms_per_image:.2f} client; "
-                    f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
-                    f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}, "
-                    f"CPU shares of the workers {served.worker_cpu_shares}",
-                    flush=True,
+                ceiling = max(bare.values(), key=lambda t: t.images_per_s)  # the faster layout
+                shown = ", ".join(
+                    f"{t.images_per_s:.1f} img/s ({t.cpu_ms_per_image:.2f} CPU ms/img) with sessions x threads {label}"
+                    for label, t in bare.items()
                 )
+                print(f"round {round_number} bare {case.label}: {shown}", flush=True)
+                for variant, url, server in running:
+                    svg = None
+                    if args.profile is not None:
+                        svg = args.profile / f"{case.model}-{case.width}x{case.height}-{variant.name}.svg"
+                    served = asyncio.run(
+                        measure_served(
+                            url, server, case, case_frames, args.concurrency, phases, variant.name, profile_svg=svg
+                        )
+                    )
+                    ratio = served.served_rate / ceiling.images_per_s
+                    rounds[variant.name].append(
+                        {
+                            "bare_rate": ceiling.images_per_s,
+                            "bare_cpu_ms_per_image": ceiling.cpu_ms_per_image,
+                            "bare_by_layout": {label: asdict(t) for label, t in bare.items()},
+                            **asdict(served),
+                            "served_ratio": ratio,
+                            "latency_ratio": served.latency_ratio,
+                        }
+                    )
+                    print(
+                        f"round {round_number} served {case.label} [{variant.name}]: {served.served_rate:.1f} img/s "
+                        f"({ratio:.2f} of bare), p99 {served.p99_ms:.1f} ms, "
+                        f"CPU ms/img {served.server_cpu_ms_per_image:.2f} server "
+                        f"+ {served.client_cpu_ms_per_image:.2f} client; "
+                        f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
+                        f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}, "
+                        f"CPU shares of the workers {served.worker_cpu_shares}",
+                        flush=True,
+                    )
+            for variant in variants:
+                rows.append(summary_row(case, variant.name, rounds[variant.name]))
 
     load_after = os.getloadavg()
     table = markdown_table(rows)
@@ -643,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_after": load_after,
         },
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "profiled": args.profile is not None,
         "phases_s": asdict(phases),
         "settings": {
