@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default=2, ge=1, le=64, description="Threads per worker decoding images.")
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_batch_ms: float = Field(
-        default=20.0,
+        default=50.0,
         gt=0.0,
         description="Longest a batch may run, by the model's measured time per image: fewer images per batch "
         "for slow models, since a request arriving as a batch starts waits for all of it.",
