@@ -178,7 +178,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
             predictor = models.get(model)
             options = parse_options(predictor.manifest, request.query_params)
             data = await read_image_bytes(request, settings.max_body_bytes)
-            answer = await predictor.predict(data, options, models.thresholds.active(predictor.manifest))
+            answer = await predictor.predict(data, options, models.thresholds.active)
         return JSONResponse(answer)
 
     app.include_router(predictions)

@@ -1,6 +1,7 @@
 """One served model's request path, top to bottom:
 
-decode -> preprocess            (decode thread; a bad image fails here, alone)
+decode -> preprocess            (decode thread; a bad image fails here, alone; then the active
+                                 thresholds are read, a database call kept off the event loop)
 -> batch -> infer               (MicroBatcher; one inference thread per model)
 -> post-process -> respond      (per task, with the request's thresholds: on the event loop for
                                  classification, tens of microseconds, less than a hand-off to a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,13 @@ from .thresholds import ThresholdSet, resolve
 class PreparedImage:
     tensor: np.ndarray  # (C, H, W) uint8 at the model input size
     geometry: Geometry
+    active: ThresholdSet  # the thresholds revision in force when the image was read
     decode_s: float
     preprocess_s: float
+
+
+# The active thresholds of a model: `ThresholdStore.active`, or a fixed set (a sweep).
+ActiveThresholds = Callable[[ModelManifest], ThresholdSet]
 
 
 class Predictor:
@@ -58,11 +65,11 @@ class Predictor:
     def provider(self) -> str:
         return self.session.provider
 
-    async def predict(self, data: bytes, options: PredictionOptions, active: ThresholdSet) -> dict[str, Any]:
+    async def predict(self, data: bytes, options: PredictionOptions, active: ActiveThresholds) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, self._prepare, data)
+        prepared = await loop.run_in_executor(self._pool, self._prepare, data, active)
         batched = await self._batcher.submit(prepared.tensor)
-        thresholds = resolve(active, options.thresholds, options.nms_iou)
+        thresholds = resolve(prepared.active, options.thresholds, options.nms_iou)
         started = time.perf_counter()
         if self.manifest.task is Task.CLASSIFICATION:
             answer = self._postprocess(batched.outputs, prepared.geometry, options, thresholds)
@@ -76,7 +83,7 @@ class Predictor:
     def close(self) -> None:
         self._batcher.close()
 
-    def _prepare(self, data: bytes) -> PreparedImage:
+    def _prepare(self, data: bytes, active: ActiveThresholds) -> PreparedImage:
         spec = self.manifest.input
         started = time.perf_counter()
         decoded = decode_image(
@@ -84,7 +91,8 @@ class Predictor:
         )
         decoded_at = time.perf_counter()
         tensor, geometry = to_model_input(decoded, spec)
-        return PreparedImage(tensor, geometry, decoded_at - started, time.perf_counter() - decoded_at)
+        prepared_at = time.perf_counter()
+        return PreparedImage(tensor, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at)
 
     def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
         outputs = self.session.run(to_batch(images, self.manifest.input))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -399,16 +400,19 @@ class CommitWatch:
     def __init__(self, path: str) -> None:
         self._path = path
         self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # predictions read it from several decode threads
 
     def count(self) -> int:
-        if self._connection is None:
-            self._connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        return self._connection.execute("PRAGMA data_version").fetchone()[0]
+        with self._lock:
+            if self._connection is None:
+                self._connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            return self._connection.execute("PRAGMA data_version").fetchone()[0]
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
 
 def _newest(conn: Connection, model: str) -> ThresholdRevision | None:

@@ -302,7 +302,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         async def run(sample: LabelledImage) -> dict[str, Any]:
             async with limit:
                 try:
-                    answer = await predictor.predict(files.read(sample.name), options, active)
+                    answer = await predictor.predict(files.read(sample.name), options, lambda _: active)
                 except InspectionError as exc:
                     raise type(exc)(f"{sample.name}: {exc.message}") from exc
             progress.advance()
