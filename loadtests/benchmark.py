@@ -51,7 +51,7 @@ import onnxruntime as ort
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.frames import line_frames
+from loadtests.frames import Station, line_frames
 from loadtests.server import ROOT, running_server
 from service.config import Settings
 from service.decode import decode_image
@@ -64,29 +64,18 @@ SERVED_TARGET = 0.85
 LATENCY_TARGET = 3.0
 
 
-@dataclass(frozen=True)
-class Case:
-    model: str
-    width: int
-    height: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.width}x{self.height}"
-
-    @classmethod
-    def parse(cls, text: str) -> Case:
-        model, _, size = text.strip().partition("@")
-        width, _, height = size.partition("x")
-        if not model or not width.isdigit() or not height.isdigit():
-            raise argparse.ArgumentTypeError(f"case {text!r} is not MODEL@WIDTHxHEIGHT, e.g. weld-classifier@640x480")
-        return cls(model, int(width), int(height))
+def station(text: str) -> Station:
+    """`--case MODEL@WIDTHxHEIGHT`, with argparse's way of refusing a bad one."""
+    try:
+        return Station.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 CASES = (
-    Case("weld-classifier", 640, 480),
-    Case("weld-classifier", 2448, 2048),
-    Case("weld-segmenter", 640, 480),
+    Station("weld-classifier", 640, 480),
+    Station("weld-classifier", 2448, 2048),
+    Station("weld-segmenter", 640, 480),
 )
 
 
@@ -188,22 +177,11 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU time of a process and all its descendants so far."""
-    total = 0.0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            times = member.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def worker_cpu_seconds(server: psutil.Process) -> dict[int, float]:
-    """CPU time so far of each process under the server, by PID: how the load spreads over the workers."""
+def server_cpu_seconds(server: psutil.Process) -> dict[int, float]:
+    """User + system CPU time so far of the server and each process under it, by PID: their sum is
+    the server's, the processes under it are its workers."""
     seconds = {}
-    for member in server.children(recursive=True):
+    for member in [server, *server.children(recursive=True)]:
         try:
             times = member.cpu_times()
         except psutil.NoSuchProcess:
@@ -470,7 +448,7 @@ def profiling(server: psutil.Process, seconds: float, svg: Path | None) -> Itera
 async def measure_served(
     url: str,
     server: psutil.Process,
-    case: Case,
+    case: Station,
     frames: list[bytes],
     concurrency: int,
     phases: Phases,
@@ -480,16 +458,16 @@ async def measure_served(
     predict = f"{url}/v1/models/{case.model}/predict"
     async with client_session(concurrency) as client:
         await closed_loop(client, predict, frames, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
-        stages_before, workers_before = await stage_totals(url, case.model), worker_cpu_seconds(server)
-        server_cpu, client_cpu = cpu_seconds(server), own_cpu_seconds()
+        stages_before = await stage_totals(url, case.model)
+        server_before, client_before = server_cpu_seconds(server), own_cpu_seconds()
         with profiling(server, phases.served, profile_svg):
             saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
-        server_cpu, client_cpu = cpu_seconds(server) - server_cpu, own_cpu_seconds() - client_cpu
-        workers = worker_cpu_seconds(server)
+        server_after, client_cpu = server_cpu_seconds(server), own_cpu_seconds() - client_before
         stages_after = await stage_totals(url, case.model)
         single = await closed_loop(client, predict, frames, 1, phases.single)
         half = await open_loop(client, predict, frames, saturated.rate / 2, phases.half_rate)
-    worker_cpu = [workers[pid] - workers_before.get(pid, 0.0) for pid in workers]
+    server_cpu = sum(server_after.values()) - sum(server_before.values())
+    worker_cpu = [cpu - server_before.get(pid, 0.0) for pid, cpu in server_after.items() if pid != server.pid]
     answered = len(saturated.seconds)
     return ServedResult(
         variant=variant,
@@ -530,7 +508,7 @@ MEDIAN_FIELDS = (
 )
 
 
-def summary_row(case: Case, variant: str, rounds: list[dict]) -> dict:
+def summary_row(case: Station, variant: str, rounds: list[dict]) -> dict:
     """One table row: the median of each figure over the rounds (ratios taken within each round), the
     most uneven split of CPU over the workers, every failure, and the rounds themselves."""
     return {
@@ -571,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "--case",
         dest="cases",
         action="append",
-        type=Case.parse,
+        type=station,
         help="MODEL@WIDTHxHEIGHT to measure instead of the standard cases; may be repeated.",
     )
     parser.add_argument("--concurrency", type=int, default=32, help="Requests in flight for the served throughput.")

@@ -32,33 +32,12 @@ from locust import FastHttpUser, between, constant_throughput, events, task
 from locust.env import Environment
 from pydantic import ValidationError
 
-from loadtests.frames import line_frames
+from loadtests.frames import Station, line_frames
 from service.schemas import ModelDescription, ModelList, Prediction
 
 log = logging.getLogger(__name__)
 
 TASK_FIELD = {"classification": "scores", "detection": "detections", "segmentation": "segments"}
-
-
-@dataclass(frozen=True)
-class Station:
-    """A camera's place on the line: the model it asks and the size of its frames."""
-
-    model: str
-    width: int
-    height: int
-
-    @classmethod
-    def parse(cls, text: str) -> Station:
-        model, _, size = text.strip().partition("@")
-        width, _, height = size.partition("x")
-        if not model or not width.isdigit() or not height.isdigit():
-            raise ValueError(f"station {text!r} is not MODEL@WIDTHxHEIGHT, e.g. weld-classifier@640x480")
-        return cls(model, int(width), int(height))
-
-    @property
-    def request_name(self) -> str:
-        return f"predict {self.model} {self.width}x{self.height}"
 
 
 @dataclass(frozen=True)
@@ -204,7 +183,7 @@ class LineCamera(FastHttpUser):
             f"/v1/models/{station.model}/predict",
             data=next(self.sequence),
             headers={"Content-Type": "image/jpeg"},
-            name=station.request_name,
+            name=f"predict {station.label}",
             catch_response=True,
         ) as response:
             if response.status_code != 200:
