@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,8 +11,23 @@ import pytest
 
 from loadtests.server import BENTOML, MODEL_STORE, ROOT, RunningServer, kill_tree
 from loadtests.server import running_server as serve_in_background
+from service.threshold_store import ThresholdStore, ThresholdStoreError
 
-__all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "running_server"]
+__all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
+
+POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The PostgreSQL to test on (`tests/with_services.sh` starts one); skips the test when there is none."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL to test on")
+    try:
+        ThresholdStore.open(url).close()
+    except ThresholdStoreError as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {exc}")
+    return url
 
 
 @contextmanager

@@ -7,7 +7,6 @@ be reached, the PostgreSQL cases are skipped with that reason.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -18,25 +17,17 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.errors import Conflict, InvalidParameters
-from service.threshold_store import RevisionKind, ThresholdStore, ThresholdStoreError
+from service.threshold_store import RevisionKind, ThresholdStore
+from tests.conftest import postgres_url
 
 from .manifests import make_manifest
-
-POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state' / 'thresholds.db'}"
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL to test on")
-    try:
-        ThresholdStore.open(url).close()
-    except ThresholdStoreError as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {exc}")
-    return url
+    return postgres_url()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 import zipfile
@@ -24,12 +23,10 @@ from export.samples import write_sample_set
 from export.synthetic import encode_image, generate_weld
 from service import tune
 from service.schemas import ErrorResponse, Prediction
-from service.threshold_store import ThresholdStore, ThresholdStoreError
 from service.thresholds_api import SweepReport, ThresholdHistory, ThresholdRevisionView
-from tests.conftest import RunningServer, kill_tree, running_server
+from tests.conftest import RunningServer, kill_tree, postgres_url, running_server
 
 CLASSIFIER, DETECTOR, SEGMENTER = "weld-classifier", "weld-detector", "weld-segmenter"
-POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
 TOKEN = "qa-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -339,13 +336,7 @@ def test_a_burst_of_writes_killed_midway_loses_no_acknowledged_revision(tmp_path
 
 
 def test_two_replicas_on_postgresql_use_each_others_writes(tmp_path: Path, crack_jpeg):
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL to test on")
-    try:
-        ThresholdStore.open(url).close()
-    except ThresholdStoreError as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {exc}")
+    url = postgres_url()
     settings = {"workers": 1, "models": CLASSIFIER, "admin_token": TOKEN, "thresholds_db": url}
     with running_server(tmp_path, **settings) as first, running_server(tmp_path, **settings) as second:
         base = read(second)
