@@ -151,13 +151,15 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         error = InvalidParameters(details)
         return JSONResponse(error.to_json(), status_code=error.status)
 
+    # These read the active thresholds from the database: plain functions, so that FastAPI runs them
+    # in its thread pool, off the event loop that carries the predictions (as the thresholds routes).
     @app.get("/v1/models", response_model=ModelList, summary="Served models")
-    async def list_models() -> dict:
+    def list_models() -> dict:
         models = served_models()
         return {"models": [models.describe(name) for name in models.names()]}
 
     @app.get("/v1/models/{model}", response_model=ModelDescription, responses={404: _ERRORS[404]})
-    async def describe_model(model: str) -> dict:
+    def describe_model(model: str) -> dict:
         return served_models().describe(model)
 
     predictions = APIRouter(route_class=metered_predictions(served_models))
