@@ -15,6 +15,7 @@ same per image as single images) runs small batches, and a fast one (a GPU) full
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 # Runs one batch: list of per-image inputs -> list of per-image outputs.
 BatchRunner = Callable[[list[np.ndarray]], list[list[np.ndarray]]]
+
+
+class ModelRunError(RuntimeError):
+    """The model failed on a batch; every request in that batch gets this error."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class MicroBatcher:
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._run_batch = run_batch
+        self._name = name
         self._on_batch = on_batch
         self._max_batch_size = max_batch_size
         self._max_batch_s = max_batch_s
@@ -63,12 +71,14 @@ class MicroBatcher:
         self._loop_task: asyncio.Task[None] | None = None
 
     async def submit(self, item: np.ndarray) -> BatchedResult:
-        if self._loop_task is None:
-            # Created lazily so that queue and task belong to the server's event loop.
-            self._queue = asyncio.Queue()
-            self._loop_task = asyncio.get_running_loop().create_task(self._serve_batches())
+        loop = asyncio.get_running_loop()
+        if self._loop_task is None or self._loop_task.done():
+            # Created lazily so that queue and task belong to the server's event loop; started again
+            # should it ever have ended, so that no request waits on a loop that is gone.
+            self._queue = self._queue or asyncio.Queue()
+            self._loop_task = loop.create_task(self._serve_batches())
         assert self._queue is not None
-        pending = _Pending(item=item, future=asyncio.get_running_loop().create_future())
+        pending = _Pending(item=item, future=loop.create_future())
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -79,33 +89,47 @@ class MicroBatcher:
 
     async def _serve_batches(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect(self._queue)
-            batch = [p for p in batch if not p.future.done()]  # clients that gave up
-            if not batch:
-                continue
-            self._on_batch(len(batch))
-            started = time.perf_counter()
+            batch: list[_Pending] = []
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                await self._collect(self._queue, batch)
+                await self._serve(batch)
+            except Exception as exc:  # noqa: BLE001 - a failure anywhere fails this batch, never the loop
+                if not isinstance(exc, ModelRunError):
+                    log.exception("batch of %d for %s failed outside the model run", len(batch), self._name)
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
-                continue
-            inference_s = time.perf_counter() - started
-            self._learn(inference_s / len(batch))
-            for p, per_image in zip(batch, outputs, strict=True):
-                if not p.future.done():
-                    p.future.set_result(
-                        BatchedResult(
-                            outputs=per_image,
-                            batch_size=len(batch),
-                            queue_wait_s=started - p.enqueued_at,
-                            inference_s=inference_s,
-                        )
+
+    async def _serve(self, batch: list[_Pending]) -> None:
+        batch[:] = [p for p in batch if not p.future.done()]  # clients that gave up
+        if not batch:
+            return
+        self._on_batch(len(batch))
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [p.item for p in batch]
+            )
+        except Exception as exc:
+            raise ModelRunError(f"{self._name}: the model run failed: {exc}") from exc
+        inference_s = time.perf_counter() - started
+        if len(outputs) != len(batch):
+            raise ModelRunError(
+                f"{self._name}: the model run returned {len(outputs)} results for {len(batch)} images; "
+                "a batch runner must return one list of outputs per image, in order"
+            )
+        self._learn(inference_s / len(batch))
+        for p, per_image in zip(batch, outputs, strict=True):
+            if not p.future.done():
+                p.future.set_result(
+                    BatchedResult(
+                        outputs=per_image,
+                        batch_size=len(batch),
+                        queue_wait_s=started - p.enqueued_at,
+                        inference_s=inference_s,
                     )
+                )
 
     @property
     def batch_limit(self) -> int:
@@ -119,8 +143,9 @@ class MicroBatcher:
         last = self._seconds_per_image
         self._seconds_per_image = seconds_per_image if last is None else 0.8 * last + 0.2 * seconds_per_image
 
-    async def _collect(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
-        batch = [await queue.get()]
+    async def _collect(self, queue: asyncio.Queue[_Pending], batch: list[_Pending]) -> None:
+        """Fill `batch` (the caller's, so that whatever was taken is answered even if this fails)."""
+        batch.append(await queue.get())
         deadline = time.perf_counter() + self._window_s
         limit = self.batch_limit
         while len(batch) < limit:
@@ -134,4 +159,3 @@ class MicroBatcher:
                 batch.append(await asyncio.wait_for(queue.get(), remaining))
             except TimeoutError:
                 break
-        return batch

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, ModelRunError
 
 
 class RecordingModel:
@@ -123,3 +123,62 @@ def test_a_fast_model_keeps_full_batches():
     batcher.close()
     assert batcher.batch_limit == 4
     assert max(model.batch_sizes) == 4
+
+
+def test_a_failure_outside_the_model_run_fails_its_batch_and_the_batcher_keeps_serving():
+    model = RecordingModel(seconds_per_batch=0.0)
+    observed: list[int] = []
+
+    def metrics_that_break_once(size: int) -> None:
+        observed.append(size)
+        if len(observed) == 1:
+            raise ValueError("metrics store unavailable")
+
+    batcher = MicroBatcher(model, max_batch_size=4, window_s=0.0, name="t", on_batch=metrics_that_break_once)
+
+    async def scenario():
+        with pytest.raises(ValueError, match="metrics store unavailable"):
+            await asyncio.wait_for(batcher.submit(np.array([1])), 5)
+        return await asyncio.wait_for(batcher.submit(np.array([2])), 5)
+
+    after = asyncio.run(scenario())
+    batcher.close()
+    assert int(after.outputs[0][0]) == 4
+    assert model.batch_sizes == [1]  # the first batch never reached the model
+
+
+def test_a_runner_returning_the_wrong_number_of_results_fails_its_batch_with_a_hint():
+    calls: list[int] = []
+
+    def drops_one(items: list[np.ndarray]) -> list[list[np.ndarray]]:
+        calls.append(len(items))
+        results = [[item * 2] for item in items]
+        return results[:-1] if len(calls) == 1 else results
+
+    batcher = MicroBatcher(drops_one, max_batch_size=2, window_s=0.05, name="t")
+
+    async def scenario():
+        first = await asyncio.wait_for(
+            asyncio.gather(batcher.submit(np.array([1])), batcher.submit(np.array([2])), return_exceptions=True), 5
+        )
+        return first, await asyncio.wait_for(batcher.submit(np.array([3])), 5)
+
+    (a, b), after = asyncio.run(scenario())
+    batcher.close()
+    assert isinstance(a, ModelRunError) and a is b
+    assert "returned 1 results for 2 images" in str(a)
+    assert int(after.outputs[0][0]) == 6
+
+
+def test_a_batch_loop_that_ended_is_started_again_by_the_next_request():
+    batcher = MicroBatcher(RecordingModel(seconds_per_batch=0.0), max_batch_size=2, window_s=0.0, name="t")
+
+    async def scenario():
+        await batcher.submit(np.array([1]))
+        batcher._loop_task.cancel()  # as if it had died
+        await asyncio.sleep(0)
+        return await asyncio.wait_for(batcher.submit(np.array([5])), 5)
+
+    after = asyncio.run(scenario())
+    batcher.close()
+    assert int(after.outputs[0][0]) == 10
