@@ -89,12 +89,21 @@ def running_server(
     server = RunningServer(
         url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, bentoml_home=bentoml_home
     )
-    workers = int(env.get("INSPECTION_WORKERS", Settings.model_fields["workers"].default))
+    workers = expected_workers(env)
     try:
         _wait_ready(server, workers, timeout_s)
         yield server
     finally:
         stop(process)
+
+
+def expected_workers(env: Mapping[str, str]) -> int:
+    """The worker processes a server started with `env` runs: as configured, or derived from this host."""
+    if "INSPECTION_WORKERS" in env:
+        return int(env["INSPECTION_WORKERS"])
+    workers = Settings(provider=env.get("INSPECTION_PROVIDER", "auto")).workers
+    assert workers is not None
+    return workers
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -1,23 +1,53 @@
-"""Service settings, read from `INSPECTION_*` environment variables at start-up."""
+"""Service settings, read from `INSPECTION_*` environment variables at start-up.
+
+The process and thread layout (workers, threads, fixed batch shapes) is derived from the host when
+left unset: its usable cores, and whether the models will run on a GPU (`host_defaults`).
+"""
 
 from __future__ import annotations
 
-from enum import StrEnum
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .providers import CPU, Provider, choose_provider, probe_host_gpu
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# Settings that default to None and are filled in from the host.
+_HOST_DERIVED = ("workers", "inference_threads", "decode_threads", "fixed_batch_shapes")
 
-class Provider(StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-    AUTO = "auto"  # the best one present; falling back to CPU is accepted
+
+def usable_cpus() -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def host_defaults(cpus: int, gpu: bool) -> dict[str, int | bool]:
+    """The process and thread layout for a host with `cpus` cores, on a GPU provider or on CPU.
+
+    CPU: one worker per core, each with one onnxruntime thread (on 2 cores, 2 workers x 1 thread
+    served 25% more than 1 x 2) and two decode threads (Pillow releases the GIL while decoding).
+    GPU: a batch takes the model well under a millisecond and the CPU work around it (HTTP, decode,
+    post-processing) sets the pace, so one worker per two cores with two decode threads each, one
+    onnxruntime thread (it only launches kernels), and fixed batch shapes.
+    """
+    if gpu:
+        workers = min(8, cpus // 2)
+    else:
+        workers = min(16, cpus)
+    return {"workers": max(1, workers), "decode_threads": 2, "inference_threads": 1, "fixed_batch_shapes": gpu}
 
 
 class Settings(BaseSettings):
@@ -29,10 +59,22 @@ class Settings(BaseSettings):
         description="Comma-separated models to serve (NAME or NAME:VERSION); empty means all, each at its latest.",
     )
     provider: Provider = Provider.AUTO
-    workers: int = Field(default=2, ge=1, le=64, description="Worker processes; each loads every model.")
-    inference_threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads per worker.")
-    decode_threads: int = Field(default=2, ge=1, le=64, description="Threads per worker decoding images.")
+    workers: int | None = Field(
+        default=None, ge=1, le=64, description="Worker processes; each loads every model. Default: from the host."
+    )
+    inference_threads: int | None = Field(
+        default=None, ge=1, le=64, description="onnxruntime intra-op threads per worker. Default: 1."
+    )
+    decode_threads: int | None = Field(
+        default=None, ge=1, le=64, description="Threads per worker decoding images. Default: 2."
+    )
     max_batch_size: int = Field(default=8, ge=1, le=256)
+    fixed_batch_shapes: bool | None = Field(
+        default=None,
+        description="Run every batch at one of the sizes 1, 2, 4, ... max_batch_size, padded up, each on a session "
+        "of its own that ran it at start-up. Default: on for GPU providers (the CUDA provider redoes tens of ms "
+        "of set-up whenever a run's input shape differs from the previous run's), off on CPU.",
+    )
     max_batch_ms: float = Field(
         default=50.0,
         gt=0.0,
@@ -47,6 +89,19 @@ class Settings(BaseSettings):
         "form from the requests that arrive while one runs. On CPU a batch costs the same per image as one image, "
         "so waiting only adds latency; on a GPU a few ms can pay.",
     )
+    cuda_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        default="EXHAUSTIVE",
+        description="How the CUDA provider picks convolution kernels. With fixed batch shapes the search runs "
+        "once per shape, at start-up.",
+    )
+    cuda_conv_max_workspace: bool = Field(default=True, description="Let cuDNN use its largest workspace.")
+    cuda_prefer_nhwc: bool = Field(default=False, description="Channels-last kernels in the CUDA provider.")
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    cuda_mem_limit_mb: int | None = Field(
+        default=None, ge=64, description="GPU memory arena limit per session, MiB; empty: no limit."
+    )
+    gpu_device: int = Field(default=0, ge=0, description="The CUDA device the sessions run on.")
+    fp16: bool = Field(default=False, description="TensorRT builds FP16 engines (faster; scores move slightly).")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
@@ -59,7 +114,10 @@ class Settings(BaseSettings):
     freeze_startup_heap: bool = Field(
         default=True, description="Keep the objects loaded at start-up out of Python's full garbage collections."
     )
-    state_dir: Path = Field(default=PROJECT_ROOT / "state", description="Where the embedded thresholds database lives.")
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / "state",
+        description="Where the embedded thresholds database and TensorRT's engine cache live.",
+    )
     thresholds_db: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the thresholds database (e.g. postgresql+psycopg://...); "
@@ -79,6 +137,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [ref.strip() for ref in value.split(",") if ref.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _derive_from_host(self) -> Settings:
+        unset = [name for name in _HOST_DERIVED if getattr(self, name) is None]
+        if unset:
+            # A GPU provider named but unusable gets the GPU layout too: the start-up then refuses it.
+            gpu = self.provider in (Provider.CUDA, Provider.TENSORRT) or (
+                self.provider is Provider.AUTO and choose_provider(self.provider, probe_host_gpu()) != CPU
+            )
+            derived = host_defaults(usable_cpus(), gpu)
+            for name in unset:
+                setattr(self, name, derived[name])
+        return self
+
+    @property
+    def tensorrt_cache_dir(self) -> Path:
+        """TensorRT's engines and timing cache: built once per model, batch shape and GPU, then reused."""
+        return self.state_dir / "tensorrt"
 
 
 @lru_cache(maxsize=1)

@@ -95,7 +95,8 @@ class Predictor:
         return PreparedImage(tensor, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at)
 
     def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
-        outputs = self.session.run(to_batch(images, self.manifest.input))
+        rows = self.session.batch_rows(len(images))
+        outputs = self.session.run(to_batch(images, self.manifest.input, rows), len(images))
         if not self.manifest.input.dynamic_batch:
             # One image per run; graphs without a batch axis (torchvision detectors) return unbatched outputs.
             return [outputs]

@@ -45,9 +45,14 @@ def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, 
     return chw, geometry
 
 
-def to_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Stack (C, H, W) uint8 arrays into the graph's input tensor."""
-    batch = np.stack(images)
+def to_batch(images: list[np.ndarray], spec: InputSpec, rows: int | None = None) -> np.ndarray:
+    """Stack (C, H, W) uint8 arrays into the graph's input tensor of `rows` rows (default: one per
+    image); rows past the images are zeros, padding to a fixed batch shape."""
+    if rows is None or rows == len(images):
+        batch = np.stack(images)
+    else:
+        batch = np.zeros((rows, *images[0].shape), dtype=np.uint8)
+        np.stack(images, out=batch[: len(images)])
     if spec.dtype == "uint8":
         return batch
     if spec.normalization_in_graph:

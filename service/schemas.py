@@ -85,6 +85,11 @@ class ModelDescription(BaseModel):
     classes: list[str]
     background_class: str | None
     provider: str = Field(description="The onnxruntime execution provider running the graph.")
+    batch_sizes: list[int] | None = Field(
+        description="The fixed batch sizes the graph runs at, each warmed up at start-up (batches are padded up "
+        "to the next one); null: any batch size.",
+        examples=[[1, 2, 4, 8]],
+    )
     thresholds: ThresholdsView
     manifest: dict[str, Any]
 

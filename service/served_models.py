@@ -11,7 +11,8 @@ from .errors import UnknownModel
 from .metrics import inspection_metrics
 from .predictor import Predictor
 from .repository import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
-from .runtime import create_session, preflight_provider
+from .providers import choose_provider, probe_host_gpu, unused_gpu
+from .runtime import RuntimeOptions, batch_buckets, create_session
 from .threshold_store import ThresholdStore
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,19 @@ class ServedModels:
     @staticmethod
     def preflight(settings: Settings) -> None:
         """Check the configuration without loading any graph, before any worker starts its sessions."""
-        preflight_provider(settings.provider)
+        host = probe_host_gpu()
+        provider = choose_provider(settings.provider, host)
+        note = unused_gpu(settings.provider, host)
+        if note:
+            log.warning(note)
+        log.info(
+            "running on %s: %d workers, %d decode threads and %d onnxruntime thread(s) each, %s",
+            provider,
+            settings.workers,
+            settings.decode_threads,
+            settings.inference_threads,
+            f"batch sizes {batch_buckets(settings.max_batch_size)}" if settings.fixed_batch_shapes else "any batch size",
+        )
         configured_versions(settings)
         ThresholdStore.from_settings(settings).close()
 
@@ -36,21 +49,32 @@ class ServedModels:
         pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         thresholds = thresholds or ThresholdStore.from_settings(settings)
         metrics = inspection_metrics()
+        runtime = RuntimeOptions.from_settings(settings)
+        buckets = batch_buckets(settings.max_batch_size) if settings.fixed_batch_shapes else None
         predictors: dict[str, Predictor] = {}
         for model in configured_versions(settings):
             manifest = model.manifest
             name = manifest.name
             session = create_session(
                 model.onnx_path,
-                settings.provider,
-                threads=settings.inference_threads,
+                runtime,
                 input_name=manifest.input.name,
                 output_names=manifest.output.names,
+                batch_sizes=buckets if manifest.input.dynamic_batch else None,
             )
+            # Before the worker says it is ready: first runs pay for kernel searches and engine builds.
+            warm_up_s = session.warm_up()
             predictors[name] = Predictor(model, session, settings, pool)
             metrics.model_info.labels(name, str(manifest.version), manifest.task.value, session.provider).set(1)
             metrics.thresholds_revision.labels(name).set(thresholds.active(manifest).revision)
-            log.info("serving %s (%s) on %s", manifest.ref, manifest.task.value, session.provider)
+            log.info(
+                "serving %s (%s) on %s, batch sizes %s, warmed up in %.2f s",
+                manifest.ref,
+                manifest.task.value,
+                session.provider,
+                ", ".join(map(str, session.batch_sizes or ("any",))),
+                warm_up_s,
+            )
         return cls(predictors, thresholds, pool)
 
     def get(self, name: str) -> Predictor:
@@ -77,6 +101,7 @@ class ServedModels:
             "classes": manifest.classes,
             "background_class": manifest.background_class,
             "provider": predictor.provider,
+            "batch_sizes": list(sizes) if (sizes := predictor.session.batch_sizes) else None,
             "thresholds": {"revision": active.revision, "values": active.values, "nms_iou": active.nms_iou},
             "manifest": manifest.model_dump(mode="json"),
         }
