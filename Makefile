@@ -1,12 +1,27 @@
 # `make serve`: set up, then serve the models in model_store/ on $(HOST):$(PORT).
 # `make test`:  set up, then run the whole test suite.
 # Both are idempotent: a second run only does what changed.
+# On a GPU host: `make serve GPU=cuda` (or GPU=tensorrt) also installs that provider's libraries
+# and serves on it, refusing to start rather than falling back to CPU.
 
 PYTHON ?= python3
 VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
+GPU    ?=
 BIN    := $(VENV)/bin
+
+ifeq ($(GPU),)
+GPU_STAMP :=
+else ifeq ($(GPU),cuda)
+GPU_STAMP := $(VENV)/.gpu-cuda
+GPU_EXTRA := gpu
+else ifeq ($(GPU),tensorrt)
+GPU_STAMP := $(VENV)/.gpu-tensorrt
+GPU_EXTRA := tensorrt
+else
+$(error GPU must be cuda or tensorrt, not '$(GPU)')
+endif
 
 .PHONY: serve test demo bento clean
 
@@ -19,15 +34,21 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# The GPU provider's runtime libraries (CUDA 13, cuDNN 9, cuBLAS; TensorRT 10), as pip packages.
+$(VENV)/.gpu-%: pyproject.toml $(VENV)/.serve
+	$(BIN)/pip install --quiet -e '.[$(GPU_EXTRA)]'
+	touch $@
+
 # Everything: export (torch), load tests, test tools.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.serve
 
-serve: $(VENV)/.serve
+serve: $(VENV)/.serve $(GPU_STAMP)
+	$(if $(GPU),INSPECTION_PROVIDER=$${INSPECTION_PROVIDER:-$(GPU)}) \
 	$(BIN)/bentoml serve service.service:InspectionService --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(GPU_STAMP)
 	tests/with_services.sh $(BIN)/pytest
 
 # Retrain and export the demo models as new versions in model_store/.

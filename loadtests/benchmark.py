@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -58,7 +58,7 @@ from service.decode import decode_image
 from service.metrics import STAGES
 from service.preprocess import to_batch, to_model_input
 from service.repository import ModelVersion, load_version
-from service.runtime import create_session
+from service.runtime import RuntimeOptions, batch_buckets, create_session
 
 SERVED_TARGET = 0.85
 LATENCY_TARGET = 3.0
@@ -200,16 +200,21 @@ def bare_pipeline_rate(
     """
     manifest = version.manifest
     spec = manifest.input
+    runtime = replace(RuntimeOptions.from_settings(settings), threads=layout.threads_per_session)
     sessions = [
         create_session(
             version.onnx_path,
-            settings.provider,
-            threads=layout.threads_per_session,
+            runtime,
             input_name=spec.name,
             output_names=manifest.output.names,
+            batch_sizes=batch_buckets(settings.max_batch_size)
+            if settings.fixed_batch_shapes and spec.dynamic_batch
+            else None,
         )
         for _ in range(layout.sessions)
     ]
+    for session in sessions:
+        session.warm_up()
     max_batch = settings.max_batch_size if spec.dynamic_batch else 1
     prepared: queue.Queue[np.ndarray] = queue.Queue(maxsize=2 * max_batch * layout.sessions)
     inferred = [0] * layout.sessions  # images per session; each slot written by its own thread only
@@ -242,7 +247,7 @@ def bare_pipeline_rate(
                 continue
             while len(batch) < max_batch and not prepared.empty():
                 batch.append(prepared.get_nowait())
-            session.run(to_batch(batch, spec))
+            session.run(to_batch(batch, spec, session.batch_rows(len(batch))), len(batch))
             inferred[slot] += len(batch)
 
     threads = [
@@ -409,10 +414,40 @@ class ServedResult:
     half_rate_p99_ms: float
     failures: int
     worker_cpu_shares: list[float]  # of the server's CPU time at saturation, per worker process
+    gpu_busy_pct: float | None  # mean GPU utilisation at saturation; None without an NVIDIA GPU
 
     @property
     def latency_ratio(self) -> float:
         return self.half_rate_p99_ms / self.single_p50_ms
+
+
+@contextmanager
+def gpu_utilisation(interval_s: float = 0.05) -> Iterator[list[float]]:
+    """Samples the GPU's utilisation (percent of time a kernel ran, NVML) into the list it yields, every
+    `interval_s`, while the block runs; the list stays empty where there is no NVIDIA GPU or NVML."""
+    samples: list[float] = []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        device = pynvml.nvmlDeviceGetHandleByIndex(Settings().gpu_device)
+    except Exception:  # noqa: BLE001 - no NVML library, no driver, no device: nothing to sample
+        yield samples
+        return
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(device).gpu))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        sampler.join()
+        pynvml.nvmlShutdown()
 
 
 @contextmanager
@@ -460,7 +495,7 @@ async def measure_served(
         await closed_loop(client, predict, frames, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
         stages_before = await stage_totals(url, case.model)
         server_before, client_before = server_cpu_seconds(server), own_cpu_seconds()
-        with profiling(server, phases.served, profile_svg):
+        with profiling(server, phases.served, profile_svg), gpu_utilisation() as gpu_busy:
             saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
         server_after, client_cpu = server_cpu_seconds(server), own_cpu_seconds() - client_before
         stages_after = await stage_totals(url, case.model)
@@ -484,6 +519,7 @@ async def measure_served(
         half_rate_p99_ms=half.percentile_ms(99),
         failures=saturated.failures + single.failures + half.failures,
         worker_cpu_shares=sorted((round(cpu / sum(worker_cpu), 2) for cpu in worker_cpu), reverse=True),
+        gpu_busy_pct=statistics.fmean(gpu_busy) if gpu_busy else None,
     )
 
 
@@ -518,6 +554,7 @@ def summary_row(case: Station, variant: str, rounds: list[dict]) -> dict:
         **{name: statistics.median(r[name] for r in rounds) for name in MEDIAN_FIELDS},
         "stage_ms": {stage: statistics.median(r["stage_ms"][stage] for r in rounds) for stage in STAGES},
         "worker_cpu_shares": max((r["worker_cpu_shares"] for r in rounds), key=max),
+        "gpu_busy_pct": statistics.median(busy) if (busy := [r["gpu_busy_pct"] for r in rounds if r["gpu_busy_pct"] is not None]) else None,
         "failures": sum(r["failures"] for r in rounds),
         "rounds": rounds,
     }
@@ -527,7 +564,7 @@ def markdown_table(rows: list[dict]) -> str:
     header = (
         "| model | frames | server | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
         "| CPU ms/img bare | CPU ms/img server+client | worker CPU shares | single p50 ms | p99 at 0.5x ms "
-        "| p99(0.5x)/single |"
+        "| p99(0.5x)/single | GPU busy % |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -538,7 +575,8 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {row['bare_cpu_ms_per_image']:.2f} "
             f"| {row['server_cpu_ms_per_image']:.2f} + {row['client_cpu_ms_per_image']:.2f} "
             f"| {'/'.join(f'{share:.2f}' for share in row['worker_cpu_shares'])} "
-            f"| {row['single_p50_ms']:.1f} | {row['half_rate_p99_ms']:.1f} | {row['latency_ratio']:.2f} |"
+            f"| {row['single_p50_ms']:.1f} | {row['half_rate_p99_ms']:.1f} | {row['latency_ratio']:.2f} "
+            f"| {'-' if row['gpu_busy_pct'] is None else format(row['gpu_busy_pct'], '.0f')} |"
         )
     return "\n".join(lines)
 
@@ -664,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         "profiled": args.profile is not None,
         "phases_s": asdict(phases),
         "settings": {
+            "provider": RuntimeOptions.from_settings(settings).provider,
+            "fixed_batch_shapes": settings.fixed_batch_shapes,
             "workers": settings.workers,
             "inference_threads": settings.inference_threads,
             "decode_threads": settings.decode_threads,

@@ -11,11 +11,27 @@ import pytest
 
 from loadtests.server import BENTOML, MODEL_STORE, ROOT, RunningServer, kill_tree
 from loadtests.server import running_server as serve_in_background
+from service.providers import CUDA, probe_host_gpu
 from service.threshold_store import ThresholdStore, ThresholdStoreError
 
 __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
 
 POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where the CUDA provider can run, and skip elsewhere saying why."""
+    host = probe_host_gpu()
+    if host.runs(CUDA):
+        return
+    reason = (
+        "no NVIDIA GPU on this host"
+        if not host.device
+        else f"the CUDA provider cannot run here ({host.missing.get(CUDA) or 'not in this onnxruntime build'})"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def postgres_url() -> str:
