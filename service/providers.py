@@ -53,8 +53,8 @@ _LIBRARIES: dict[str, tuple[str, ...]] = {
     TENSORRT: ("libnvinfer.so.10", "libnvonnxparser.so.10"),
 }
 _INSTALL: dict[str, str] = {
-    CUDA: "the CUDA 13 runtime: `make serve GPU=cuda` or `pip install -e '.[gpu]'` (with NVIDIA's driver)",
-    TENSORRT: "TensorRT 10: `make serve GPU=tensorrt` or `pip install -e '.[tensorrt]'`",
+    CUDA: "the CUDA 13 runtime (make serve GPU=cuda, or pip install -e '.[gpu]') and NVIDIA's driver",
+    TENSORRT: "TensorRT 10 (make serve GPU=tensorrt, or pip install -e '.[tensorrt]')",
 }
 
 
