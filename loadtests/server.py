@@ -59,11 +59,13 @@ def running_server(
     timeout_s: float = 120.0,
     env: Mapping[str, str] | None = None,
     root: Path = ROOT,
+    port: int | None = None,
     **settings: object,
 ) -> Iterator[RunningServer]:
-    """Serve the service in `root` (this checkout unless told) with `env` and INSPECTION_* `settings` on
-    top of this environment; stop by PID afterwards."""
-    port = free_port()
+    """Serve the service in `root` (this checkout unless told) on `port` (a free one unless told) with
+    `env` and INSPECTION_* `settings` on top of this environment; stop by PID afterwards."""
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
     bentoml_home = log_dir / f"bentoml-{port}"
     env = {
         **os.environ,

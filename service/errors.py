@@ -27,6 +27,14 @@ class MalformedRequest(InspectionError):
     status, code = 400, "malformed_request"
 
 
+class NotFound(InspectionError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(InspectionError):
+    status, code = 405, "method_not_allowed"
+
+
 class Unauthorized(InspectionError):
     status, code = 401, "unauthorized"
 
@@ -57,3 +65,15 @@ class InvalidParameters(InspectionError):
 
 class Overloaded(InspectionError):
     status, code = 503, "overloaded"
+
+
+# What the frameworks under the API (Starlette's routing, FastAPI's body parsing) raise, by status,
+# answered in the same `{"error": ...}` form.
+FRAMEWORK_ERRORS: dict[int, type[InspectionError]] = {
+    400: MalformedRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidParameters,
+}

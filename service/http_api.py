@@ -16,10 +16,21 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .config import Settings
 from .decode import SUPPORTED_FORMATS
-from .errors import InspectionError, InvalidParameters, Overloaded, Unauthorized
+from .errors import (
+    FRAMEWORK_ERRORS,
+    InspectionError,
+    InvalidParameters,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    Unauthorized,
+)
 from .metrics import UNKNOWN_MODEL, inspection_metrics
 from .options import QUERY_PARAMETERS, parse_options
 from .schemas import ErrorResponse, ModelDescription, ModelList, Prediction
@@ -63,6 +74,9 @@ _PREDICT_REQUEST = {
         },
     },
 }
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class Admission:
@@ -145,10 +159,18 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         headers = _ERROR_HEADERS.get(type(exc))
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = FRAMEWORK_ERRORS.get(exc.status_code)
+        code = kind.code if kind else "http_error"
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        error = InvalidParameters(details)
+        unparseable = any(e["type"] == "json_invalid" for e in exc.errors())
+        error = MalformedRequest(f"the body is not valid JSON: {details}") if unparseable else InvalidParameters(details)
         return JSONResponse(error.to_json(), status_code=error.status)
 
     # These read the active thresholds from the database: plain functions, so that FastAPI runs them
@@ -185,4 +207,14 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
 
     app.include_router(predictions)
     app.include_router(thresholds_router(settings, served_models))
+
+    # Last, so that every route above comes first. A path under /v1/ that no route takes would
+    # otherwise fall through to BentoML's own router, which answers a plain-text 404.
+    @app.api_route("/v1/{path:path}", methods=_ALL_METHODS, include_in_schema=False)
+    async def no_route(request: Request) -> None:
+        scope = request.scope
+        if any(isinstance(r, APIRoute) and r.matches(scope)[0] is Match.PARTIAL for r in app.routes):
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        raise NotFound(f"no route for {request.method} {request.url.path}; see /v1/docs")
+
     return app

@@ -59,6 +59,8 @@ class RuntimeOptions:
         if settings.cuda_mem_limit_mb is not None:
             cuda["gpu_mem_limit"] = str(settings.cuda_mem_limit_mb * 1024 * 1024)
         cache = str(settings.tensorrt_cache_dir)
+        if provider == TENSORRT:
+            settings.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
         tensorrt = {
             "device_id": str(settings.gpu_device),
             "trt_fp16_enable": str(settings.fp16),
@@ -69,7 +71,9 @@ class RuntimeOptions:
         }
         return cls(provider, settings.inference_threads, cuda, tensorrt)
 
-    def providers(self, input_name: str, profile: tuple[tuple[int, ...], tuple[int, ...]] | None):
+    def providers(
+        self, input_name: str, profile: tuple[tuple[int, ...], tuple[int, ...]] | None
+    ) -> list[str | tuple[str, dict[str, str]]]:
         """The provider list for one session; `profile` is TensorRT's (smallest, largest) input shape."""
         if self.provider == CPU:
             return [CPU]

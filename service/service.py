@@ -7,9 +7,12 @@ request timeout and the worker processes.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
+import signal
+import sys
 
 import bentoml
 
@@ -17,6 +20,9 @@ from .config import get_settings
 from .http_api import create_app
 from .served_models import ServedModels
 
+_PR_SET_PDEATHSIG = 1
+_PARENT_AT_IMPORT = os.getppid()
+log = logging.getLogger(__name__)
 settings = get_settings()
 # BentoML opens an OpenTelemetry span per request even though, unless tracing is configured, it
 # samples none of them; and its request timeout keeps each request's context, span included,
@@ -29,6 +35,23 @@ logging.getLogger("service").setLevel(logging.INFO)
 # Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve`
 # here, with their message, instead of leaving a server whose workers cannot start.
 ServedModels.preflight(settings)
+
+
+def die_with_server() -> None:
+    """End this worker when the `bentoml serve` process that started it dies, by any signal.
+
+    BentoML starts each worker in a session of its own, so a signal to the server's process group
+    (what many supervisors send) never reaches them: they would go on answering, holding the port,
+    and a restart would fail with "Address already in use". Linux only (prctl).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("could not tie this worker's life to its server's: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != _PARENT_AT_IMPORT:  # the server died before the line above took effect
+        os._exit(1)
 
 
 def _served_models() -> ServedModels:
@@ -48,6 +71,7 @@ def _served_models() -> ServedModels:
 @bentoml.asgi_app(create_app(settings, _served_models), path="/")
 class InspectionService:
     def __init__(self) -> None:
+        die_with_server()
         self.models = ServedModels.load(settings)
         if settings.freeze_startup_heap:
             # What start-up loaded (libraries, app, sessions) lives as long as the worker. Frozen, it is

@@ -10,6 +10,15 @@ active set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, Strict
+
+# A threshold or NMS IoU as a client sends it: a JSON number from 0 to 1 (no strings, no booleans),
+# with -0 stored as 0.
+ThresholdValue = Annotated[float, Strict(), Field(ge=0.0, le=1.0), AfterValidator(lambda value: value + 0.0)]
+# A revision number as a client sends it: a JSON integer that fits the database's 64-bit column.
+RevisionNumber = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]
 
 
 @dataclass(frozen=True)

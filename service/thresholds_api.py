@@ -17,7 +17,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,6 +37,7 @@ from .labelled_samples import LabelledImage, SampleSetError, ZipFiles, read_samp
 from .options import PredictionOptions
 from .schemas import ErrorResponse
 from .served_models import ServedModels
+from .thresholds import RevisionNumber, ThresholdValue
 from .tuning import Progress, SweepTally
 from .upload import read_body
 
@@ -100,24 +101,23 @@ class _Write(BaseModel):
         description="Why, for the audit trail.",
         examples=["missed crack on line 3, lot 2291"],
     )
-    expected_revision: int = Field(
-        ge=1,
+    expected_revision: RevisionNumber = Field(
         description="The revision this change is based on (the one you read). 409 when it is no longer the active one.",
         examples=[2],
     )
 
 
 class ThresholdChange(_Write):
-    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    thresholds: dict[str, ThresholdValue] = Field(
         default_factory=dict,
         description="New thresholds, 0 to 1, for some or all defect classes; the others keep their value.",
         examples=[{"crack": 0.25}],
     )
-    nms_iou: float | None = Field(default=None, ge=0.0, le=1.0, description="Detectors: a new NMS IoU.")
+    nms_iou: ThresholdValue | None = Field(default=None, description="Detectors: a new NMS IoU.")
 
 
 class ThresholdRollback(_Write):
-    to_revision: int = Field(ge=1, description="The earlier revision whose values come back.", examples=[1])
+    to_revision: RevisionNumber = Field(description="The earlier revision whose values come back.", examples=[1])
 
 
 class SweepPoint(BaseModel):
@@ -224,7 +224,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
     def history(
         model: str,
         limit: int = Query(50, ge=1, le=500, description="At most this many revisions."),
-        before: int | None = Query(None, ge=1, description="Only revisions older than this one (the next page)."),
+        before: int | None = Query(
+            None, ge=1, le=2**63 - 1, description="Only revisions older than this one (the next page)."
+        ),
     ) -> dict:
         models = served_models()
         name = models.get(model).manifest.name

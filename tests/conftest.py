@@ -47,10 +47,12 @@ def postgres_url() -> str:
 
 
 @contextmanager
-def running_server(log_dir: Path, timeout_s: float = 120.0, **settings: object) -> Iterator[RunningServer]:
+def running_server(
+    log_dir: Path, timeout_s: float = 120.0, port: int | None = None, **settings: object
+) -> Iterator[RunningServer]:
     """A server on the committed demo models with one worker unless the test asks for more."""
     defaults = {"workers": 1, "model_store": MODEL_STORE}
-    with serve_in_background(log_dir, timeout_s, **{**defaults, **settings}) as server:
+    with serve_in_background(log_dir, timeout_s, port=port, **{**defaults, **settings}) as server:
         yield server
 
 

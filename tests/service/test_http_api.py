@@ -287,3 +287,32 @@ def test_bad_parameters_answer_422(server):
 def test_malformed_multipart_answers_400(server):
     response = post(server, CLASSIFIER, b"--xyz\r\nnot a part", content_type="multipart/form-data; boundary=xyz")
     assert error_of(response, 400) in {"malformed_request", "invalid_parameters"}
+
+
+# --- errors from the layers under the routes ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/nothing", 404, "not_found"),
+        ("POST", "/v1/models//predict", 404, "not_found"),
+        ("POST", "/v1/models/..%2F/predict", 404, "not_found"),
+        ("DELETE", "/v1/models", 405, "method_not_allowed"),
+    ],
+)
+def test_paths_and_methods_without_a_route_answer_the_error_contract(server, method, path, status, code):
+    response = httpx.request(method, f"{server.url}{path}", content=b"x", timeout=10)
+    assert error_of(response, status) == code
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_a_body_that_is_not_json_answers_400_in_the_error_contract(server):
+    response = httpx.put(
+        f"{server.url}/v1/models/{CLASSIFIER}/thresholds",
+        content=b'{"thresholds": {"crack": 0.3',
+        headers={"Content-Type": "application/json", "Authorization": "Bearer whatever"},
+        timeout=10,
+    )
+    assert error_of(response, 400) == "malformed_request"
+    assert "not valid JSON" in response.json()["error"]["message"]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.synthetic import encode_image, generate_weld
+from loadtests.server import free_port
 from service.providers import nvidia_device_present
 from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
 
@@ -126,3 +129,21 @@ def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_do
     counted = [s for f in text_string_to_metric_families(text) if f.name == "inspection_batch_size"
                for s in f.samples if s.name.endswith("_count")]
     assert batched[0].value == 16 and counted[0].value < 16  # real batches of several images ran
+
+
+def test_workers_exit_when_their_server_is_killed_and_a_restart_gets_the_port(tmp_path):
+    port = free_port()
+    with running_server(tmp_path / "first", port=port, workers=2, models="weld-classifier") as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        assert len(workers) >= 2
+        # What a supervisor does: SIGKILL to the server's process group, which holds the server alone.
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        started = time.monotonic()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        waited = time.monotonic() - started
+        for survivor in alive:  # stopped here, so that a failure leaves nothing serving
+            survivor.kill()
+        assert alive == [] and waited < 3
+    with running_server(tmp_path / "second", port=port, models="weld-classifier") as restarted:
+        assert httpx.get(f"{restarted.url}/readyz").status_code == 200

@@ -241,6 +241,10 @@ def test_a_missing_or_wrong_token_answers_401_and_changes_nothing(server):
         ({"thresholds": {"crack": 0.3}, "author": ""}, "body.author: String should have at least 1 character"),
         ({"thresholds": {"crack": 0.3}, "expected_revision": None}, "body.expected_revision"),
         ({"thresholds": {"crack": 0.3}, "colour": "red"}, "body.colour: Extra inputs are not permitted"),
+        ({"thresholds": {"crack": "0.3"}}, "body.thresholds.crack: Input should be a valid number"),
+        ({"thresholds": {"crack": True}}, "body.thresholds.crack: Input should be a valid number"),
+        ({"thresholds": {"crack": 0.3}, "expected_revision": "1"}, "body.expected_revision: Input should be a valid integer"),
+        ({"thresholds": {"crack": 0.3}, "expected_revision": 2**70}, "body.expected_revision: Input should be less than"),
     ],
 )
 def test_bad_changes_answer_422_and_change_nothing(server, body, message):
@@ -250,6 +254,22 @@ def test_bad_changes_answer_422_and_change_nothing(server, body, message):
     assert error_code(response, 422) == "invalid_parameters"
     assert message in response.json()["error"]["message"]
     assert read(server) == current
+
+
+def test_a_threshold_of_minus_zero_is_stored_as_zero(server):
+    current = read(server)
+    body = {"thresholds": {"porosity": -0.0}, "author": "qa", "reason": "r", "expected_revision": current["revision"]}
+    response = change(server, body)
+    assert response.status_code == 200, response.text
+    assert '"porosity":0.0' in httpx.get(thresholds_url(server)).text.replace(" ", "")
+    restore = {"thresholds": {"porosity": current["thresholds"]["porosity"]}, "author": "qa", "reason": "r",
+               "expected_revision": response.json()["revision"]}
+    assert change(server, restore).status_code == 200
+
+
+def test_a_history_page_before_a_revision_past_64_bits_answers_422(server):
+    response = httpx.get(thresholds_url(server, tail="/history"), params={"before": "9" * 23})
+    assert error_code(response, 422) == "invalid_parameters"
 
 
 def test_thresholds_of_an_unknown_model_answer_404(server):
