@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
+    latency_budget_ms: float = Field(
+        default=1000.0,
+        gt=0.0,
+        le=600_000.0,
+        description="A prediction whose expected latency (what is in flight for its model, by the model's "
+        "measured pace) is over this answers 503 at once; a request may send its own in X-Latency-Budget-Ms.",
+    )
     request_timeout_s: int = Field(default=30, ge=1)
     access_log: bool = Field(
         default=False,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from .admission import Admission
 from .config import Settings
 from .decode import SUPPORTED_FORMATS
 from .errors import (
@@ -48,17 +48,28 @@ _ERRORS = {
         413: "Body or pixel count over the limit.",
         415: "Unsupported media type or image format.",
         422: "Bad parameters.",
-        503: "Overloaded.",
+        503: "Overloaded: too many predictions in flight, or the expected latency is over the budget.",
     }.items()
 }
 _ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
     Overloaded: {"Retry-After": "1"},
     Unauthorized: {"WWW-Authenticate": "Bearer"},
 }
+LATENCY_BUDGET_HEADER = "X-Latency-Budget-Ms"
 _PREDICT_REQUEST = {
     "parameters": [
         {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
         for name, (schema, description) in QUERY_PARAMETERS.items()
+    ]
+    + [
+        {
+            "name": LATENCY_BUDGET_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "number", "minimum": 1, "maximum": 600000},
+            "description": "This request's latency budget: 503 at once when its expected latency is over it "
+            "(default INSPECTION_LATENCY_BUDGET_MS).",
+        }
     ],
     "requestBody": {
         "required": True,
@@ -77,28 +88,6 @@ _PREDICT_REQUEST = {
 
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-class Admission:
-    """At most `limit` predictions in flight per worker; the next one answers 503 at once.
-
-    Waiting longer would only grow the queue in front of the model and every
-    camera's latency with it. One event loop per worker: a plain counter is safe.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        if self.in_flight >= self.limit:
-            raise Overloaded(f"{self.in_flight} predictions in progress on this worker; retry shortly")
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
 
 
 def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRoute]:
@@ -142,9 +131,23 @@ def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRo
     return MeteredPredictions
 
 
+def latency_budget_s(request: Request) -> float | None:
+    """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
+    given = request.headers.get(LATENCY_BUDGET_HEADER)
+    if given is None:
+        return None
+    try:
+        milliseconds = float(given)
+    except ValueError:
+        milliseconds = float("nan")
+    if not 1.0 <= milliseconds <= 600_000.0:  # also refuses nan and inf
+        raise InvalidParameters(f"{LATENCY_BUDGET_HEADER} must be a number of milliseconds from 1 to 600000")
+    return milliseconds / 1000.0
+
+
 def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
     """The API; `served_models` returns this worker's loaded models once the service has started."""
-    admission = Admission(settings.max_concurrency)
+    admission = Admission(settings.max_concurrency, settings.latency_budget_ms / 1000.0)
     app = FastAPI(
         title="Weld inspection",
         description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
@@ -198,8 +201,8 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         # The query is read and checked by `parse_options`, not declared as parameters: FastAPI's
         # validation of five declared parameters took ~13% of the event loop's time per prediction.
         models = served_models()
-        with admission.slot():
-            predictor = models.get(model)
+        predictor = models.get(model)
+        with admission.slot(model, latency_budget_s(request)):
             options = parse_options(predictor.manifest, request.query_params)
             data = await read_image_bytes(request, settings.max_body_bytes)
             answer = await predictor.predict(data, options, models.thresholds.active)

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -147,3 +148,50 @@ def test_workers_exit_when_their_server_is_killed_and_a_restart_gets_the_port(tm
         assert alive == [] and waited < 3
     with running_server(tmp_path / "second", port=port, models="weld-classifier") as restarted:
         assert httpx.get(f"{restarted.url}/readyz").status_code == 200
+
+
+def test_under_overload_admitted_predictions_answer_within_their_latency_budget(tmp_path):
+    frame = encode_image(generate_weld(71_200, 640, 480, label="crack").image)
+
+    def overload(url: str, budget_ms: int, clients: int = 32, seconds: float = 6.0) -> tuple[list[float], int]:
+        """Answer times of the admitted predictions, and how many were refused (each refused client
+        waits 50 ms before it tries again)."""
+        answered: list[float] = []
+        refused: list[int] = []
+        deadline = time.monotonic() + seconds
+
+        def camera(_: int) -> None:
+            headers = {"Content-Type": "image/jpeg", "X-Latency-Budget-Ms": str(budget_ms)}
+            with httpx.Client(timeout=60) as client:
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    response = client.post(f"{url}/v1/models/weld-segmenter/predict", content=frame, headers=headers)
+                    if response.status_code == 200:
+                        answered.append(time.perf_counter() - started)
+                    else:
+                        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+                        assert "over the latency budget" in response.json()["error"]["message"]
+                        refused.append(1)
+                        time.sleep(0.05)
+
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(camera, range(clients)))
+        return answered, len(refused)
+
+    with running_server(tmp_path, models="weld-segmenter", max_concurrency=256) as server:
+        unbounded, none_refused = overload(server.url, budget_ms=600_000)
+        bounded, refused = overload(server.url, budget_ms=150)
+    assert none_refused == 0 and np.percentile(unbounded, 50) > 0.3  # a real overload: queued answers are late
+    assert refused > 0
+    assert np.percentile(bounded, 95) < 0.225  # within 1.5 x the budget
+    assert len(bounded) >= 0.6 * len(unbounded)  # refusing at once keeps the model busy
+
+
+def test_a_latency_budget_header_that_is_not_a_number_of_milliseconds_answers_422(server):
+    for given in ("soon", "0", "nan", "1e9"):
+        response = httpx.post(
+            f"{server.url}/v1/models/weld-classifier/predict",
+            content=b"x",
+            headers={"Content-Type": "image/jpeg", "X-Latency-Budget-Ms": given},
+        )
+        assert response.status_code == 422 and "X-Latency-Budget-Ms" in response.json()["error"]["message"]
