@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     fp16: bool = Field(default=False, description="TensorRT builds FP16 engines (faster; scores move slightly).")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="Request header lines, in all; 431 over it.")
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=600.0,
+        description="A body from which no byte arrives for this long answers 408 (before the request timeout).",
+    )
     max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
     latency_budget_ms: float = Field(
         default=1000.0,
@@ -144,6 +151,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [ref.strip() for ref in value.split(",") if ref.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _body_timeout_within_request_timeout(self) -> Settings:
+        if self.body_timeout_s >= self.request_timeout_s:
+            raise ValueError(
+                f"INSPECTION_BODY_TIMEOUT_S ({self.body_timeout_s:g}) must be shorter than INSPECTION_REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s}): a stalled upload should answer 408 before the request times out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _derive_from_host(self) -> Settings:

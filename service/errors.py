@@ -47,6 +47,10 @@ class UnknownModel(InspectionError):
     status, code = 404, "unknown_model"
 
 
+class RequestTimeout(InspectionError):
+    status, code = 408, "request_timeout"
+
+
 class Conflict(InspectionError):
     status, code = 409, "conflict"
 
@@ -57,6 +61,10 @@ class PayloadTooLarge(InspectionError):
 
 class UnsupportedMediaType(InspectionError):
     status, code = 415, "unsupported_media_type"
+
+
+class HeadersTooLarge(InspectionError):
+    status, code = 431, "headers_too_large"
 
 
 class InvalidParameters(InspectionError):

@@ -17,12 +17,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admission import Admission
 from .config import Settings
 from .decode import SUPPORTED_FORMATS
 from .errors import (
     FRAMEWORK_ERRORS,
+    HeadersTooLarge,
     InspectionError,
     InvalidParameters,
     MalformedRequest,
@@ -44,9 +46,11 @@ _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         400: "The bytes are not a decodable image, or the multipart body is malformed.",
+        408: "The body stopped arriving.",
         404: "No such model.",
         413: "Body or pixel count over the limit.",
         415: "Unsupported media type or image format.",
+        431: "Request headers over the limit.",
         422: "Bad parameters.",
         503: "Overloaded: too many predictions in flight, or the expected latency is over the budget.",
     }.items()
@@ -131,6 +135,26 @@ def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRo
     return MeteredPredictions
 
 
+class HeaderLimit:
+    """Answers 431 to a request whose header lines add up to more than `max_bytes` (the HTTP parser
+    under BentoML sets no limit)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_bytes:
+                error = HeadersTooLarge(
+                    f"the request's headers are {size} bytes; the limit is {self.max_bytes} (INSPECTION_MAX_HEADER_BYTES)"
+                )
+                await JSONResponse(error.to_json(), status_code=error.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def latency_budget_s(request: Request) -> float | None:
     """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
     given = request.headers.get(LATENCY_BUDGET_HEADER)
@@ -156,6 +180,8 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         openapi_url="/v1/openapi.json",
         redoc_url=None,
     )
+
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
 
     @app.exception_handler(InspectionError)
     async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
@@ -204,7 +230,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         predictor = models.get(model)
         with admission.slot(model, latency_budget_s(request)):
             options = parse_options(predictor.manifest, request.query_params)
-            data = await read_image_bytes(request, settings.max_body_bytes)
+            data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
             answer = await predictor.predict(data, options, models.thresholds.active)
         return JSONResponse(answer)
 

@@ -286,7 +286,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             raise UnsupportedMediaType(
                 f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
             )
-        archive = await read_body(request, settings.max_sweep_bytes, "archive", "INSPECTION_MAX_SWEEP_BYTES")
+        archive = await read_body(
+            request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
+        )
         try:
             files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
             samples = read_samples(files, manifest)

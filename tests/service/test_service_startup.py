@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -195,3 +196,31 @@ def test_a_latency_budget_header_that_is_not_a_number_of_milliseconds_answers_42
             headers={"Content-Type": "image/jpeg", "X-Latency-Budget-Ms": given},
         )
         assert response.status_code == 422 and "X-Latency-Budget-Ms" in response.json()["error"]["message"]
+
+
+def test_a_stalled_upload_answers_408_and_oversized_headers_431_in_the_error_contract(tmp_path):
+    with running_server(tmp_path, body_timeout_s=1, models="weld-classifier") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as camera:
+            camera.sendall(
+                b"POST /v1/models/weld-classifier/predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n" + b"\xff\xd8" + b"\0" * 998
+            )
+            started = time.monotonic()
+            answer = camera.recv(65536).decode(errors="replace")
+            waited = time.monotonic() - started
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"code":"request_timeout"' in answer and "after 1000 bytes" in answer
+        assert 0.8 < waited < 5
+        response = httpx.get(f"{server.url}/v1/models", headers={"X-Padding": "p" * 20_000})
+        assert response.status_code == 431
+        assert response.json()["error"]["code"] == "headers_too_large"
+        assert httpx.get(f"{server.url}/v1/models", headers={"X-Padding": "p" * 8_000}).status_code == 200
+
+
+def test_a_body_timeout_as_long_as_the_request_timeout_stops_the_start_up(tmp_path):
+    result = serve_expecting_failure(tmp_path, body_timeout_s=30, request_timeout_s=30, model_store=MODEL_STORE)
+    assert result.returncode != 0
+    assert "INSPECTION_BODY_TIMEOUT_S (30) must be shorter than INSPECTION_REQUEST_TIMEOUT_S (30)" in (
+        result.stderr + result.stdout
+    )
