@@ -18,12 +18,21 @@ import bentoml
 
 from .config import get_settings
 from .http_api import create_app
+from .listening import bind_server_socket_for_workers, listen_in_this_worker, worker_argument
 from .served_models import ServedModels
 
 _PR_SET_PDEATHSIG = 1
 _PARENT_AT_IMPORT = os.getppid()
 log = logging.getLogger(__name__)
 settings = get_settings()
+# Each worker listens on a socket of its own (see `listening`): set up before BentoML's worker
+# starts serving on the descriptor it was handed, or, in the `bentoml serve` process, before it
+# opens the socket that it hands them.
+_fd = worker_argument(sys.argv, "--fd")
+if _fd is None:
+    bind_server_socket_for_workers()
+else:
+    listen_in_this_worker(_fd, worker_argument(sys.argv, "--backlog") or 2048)
 # BentoML opens an OpenTelemetry span per request even though, unless tracing is configured, it
 # samples none of them; and its request timeout keeps each request's context, span included,
 # alive for the whole timeout. Off unless asked for: set OTEL_SDK_DISABLED=false with tracing.

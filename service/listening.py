@@ -1,0 +1,103 @@
+"""A listening socket per worker, so that long-lived connections spread over the workers.
+
+BentoML's workers all accept from one listening socket that the server process opens. When several
+connections arrive at once, the first worker to wake accepts every one of them, and line cameras
+keep their connections for hours: 8 cameras ended up 8/0 on two workers. With SO_REUSEPORT, every
+worker listens on a socket of its own on the same port and the kernel spreads new connections
+over them.
+
+Two halves, both Linux only:
+- `bind_server_socket_for_workers`, in the `bentoml serve` process: its socket is bound with
+  SO_REUSEPORT, to hold the port, but does not listen, so that it takes no connections itself;
+- `listen_in_this_worker`, in each worker: a socket of its own, bound to the same address with
+  SO_REUSEPORT and listening, put in place of the one it inherited (same descriptor number), before
+  BentoML's worker starts serving on that descriptor.
+Where either half cannot be done, the workers share the server's socket as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+
+log = logging.getLogger(__name__)
+
+_LINUX = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_server_socket_for_workers() -> None:
+    """Make circus (under `bentoml serve`) bind TCP sockets with SO_REUSEPORT and leave listening to the workers."""
+    if not _LINUX:
+        return
+    from circus.sockets import CircusSocket
+
+    if getattr(CircusSocket.bind_and_listen, "_per_worker", False):
+        return
+    shared = CircusSocket.bind_and_listen
+
+    def bind_only(self: CircusSocket) -> None:
+        if self.is_unix or self.family not in (socket.AF_INET, socket.AF_INET6):
+            shared(self)
+            return
+        # SO_REUSEPORT would let this server share the port with another one that is running (a
+        # restart before the old server stopped): refuse, as a plain bind would.
+        if _someone_listens(self.family, self.host, self.port):
+            raise OSError(errno.EADDRINUSE, f"{self.host}:{self.port} is in use by another server")
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.bind((self.host, self.port))
+        self.setblocking(False)
+
+    bind_only._per_worker = True  # type: ignore[attr-defined]
+    CircusSocket.bind_and_listen = bind_only
+
+
+def _someone_listens(family: int, host: str, port: int) -> bool:
+    if port == 0:
+        return False
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
+
+
+def worker_argument(argv: list[str], name: str) -> int | None:
+    """An integer option BentoML starts a worker with (`--fd N`, `--backlog N`); None outside a worker."""
+    if name not in argv:
+        return None
+    try:
+        return int(argv[argv.index(name) + 1])
+    except (IndexError, ValueError):
+        return None
+
+
+def listen_in_this_worker(fd: int, backlog: int) -> bool:
+    """Listen on a socket of this worker's own at the inherited socket's address, under its descriptor.
+
+    Returns whether it does; otherwise the inherited socket is left listening, shared as before."""
+    if not _LINUX:
+        return False
+    inherited = socket.socket(fileno=os.dup(fd))
+    try:
+        if inherited.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        if inherited.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False  # the server listens on it: BentoML's shared socket, unchanged
+        try:
+            own = socket.socket(inherited.family, socket.SOCK_STREAM)
+            with own:
+                own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                own.bind(inherited.getsockname())
+                own.listen(backlog)
+                os.dup2(own.fileno(), fd, inheritable=False)  # `fd` keeps the socket open
+        except OSError as exc:
+            log.warning("no listening socket of this worker's own (%s): sharing the server's", exc)
+            inherited.listen(backlog)
+            return False
+        return True
+    finally:
+        inherited.close()
