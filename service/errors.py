@@ -75,6 +75,10 @@ class Overloaded(InspectionError):
     status, code = 503, "overloaded"
 
 
+class TimedOut(InspectionError):
+    status, code = 504, "timeout"
+
+
 # What the frameworks under the API (Starlette's routing, FastAPI's body parsing) raise, by status,
 # answered in the same `{"error": ...}` form.
 FRAMEWORK_ERRORS: dict[int, type[InspectionError]] = {

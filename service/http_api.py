@@ -17,14 +17,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admission import Admission
 from .config import Settings
 from .decode import SUPPORTED_FORMATS
 from .errors import (
     FRAMEWORK_ERRORS,
-    HeadersTooLarge,
     InspectionError,
     InvalidParameters,
     MalformedRequest,
@@ -35,6 +33,7 @@ from .errors import (
 )
 from .metrics import UNKNOWN_MODEL, inspection_metrics
 from .options import QUERY_PARAMETERS, parse_options
+from .request_limits import RequestLimits
 from .schemas import ErrorResponse, ModelDescription, ModelList, Prediction
 from .served_models import ServedModels
 from .thresholds_api import thresholds_router
@@ -53,6 +52,7 @@ _ERRORS = {
         431: "Request headers over the limit.",
         422: "Bad parameters.",
         503: "Overloaded: too many predictions in flight, or the expected latency is over the budget.",
+        504: "No answer before the request timeout.",
     }.items()
 }
 _ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
@@ -135,26 +135,6 @@ def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRo
     return MeteredPredictions
 
 
-class HeaderLimit:
-    """Answers 431 to a request whose header lines add up to more than `max_bytes` (the HTTP parser
-    under BentoML sets no limit)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
-            if size > self.max_bytes:
-                error = HeadersTooLarge(
-                    f"the request's headers are {size} bytes; the limit is {self.max_bytes} (INSPECTION_MAX_HEADER_BYTES)"
-                )
-                await JSONResponse(error.to_json(), status_code=error.status)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def latency_budget_s(request: Request) -> float | None:
     """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
     given = request.headers.get(LATENCY_BUDGET_HEADER)
@@ -181,7 +161,9 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         redoc_url=None,
     )
 
-    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
+    app.add_middleware(
+        RequestLimits, max_header_bytes=settings.max_header_bytes, request_timeout_s=settings.request_timeout_s
+    )
 
     @app.exception_handler(InspectionError)
     async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:

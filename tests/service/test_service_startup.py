@@ -260,3 +260,4 @@ def test_a_second_server_on_a_port_in_use_stops_instead_of_sharing_it(tmp_path):
         assert second.returncode != 0
         assert "in use by another server" in second.stderr + second.stdout
         assert httpx.get(f"{server.url}/readyz").status_code == 200
+
