@@ -222,10 +222,15 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     # Last, so that every route above comes first. A path under /v1/ that no route takes would
     # otherwise fall through to BentoML's own router, which answers a plain-text 404.
     @app.api_route("/v1/{path:path}", methods=_ALL_METHODS, include_in_schema=False)
-    async def no_route(request: Request) -> None:
+    async def no_route(request: Request) -> JSONResponse:
         scope = request.scope
-        if any(isinstance(r, APIRoute) and r.matches(scope)[0] is Match.PARTIAL for r in app.routes):
-            raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        allowed = sorted(
+            {method for r in app.routes if isinstance(r, APIRoute) and r.matches(scope)[0] is Match.PARTIAL
+             for method in r.methods}
+        )
+        if allowed:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}")
+            return JSONResponse(error.to_json(), status_code=error.status, headers={"Allow": ", ".join(allowed)})
         raise NotFound(f"no route for {request.method} {request.url.path}; see /v1/docs")
 
     return app

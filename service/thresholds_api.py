@@ -52,7 +52,8 @@ _bearer = HTTPBearer(auto_error=False, description="The token in INSPECTION_ADMI
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "The samples archive is not a valid sample set, or an image in it is not decodable.",
+        400: "The body is not valid JSON; or the samples archive is not a valid sample set, or an image in it is "
+        "not decodable.",
         401: "Missing or wrong bearer token.",
         403: "Threshold changes are disabled: no token is configured.",
         404: "No such model.",
@@ -204,7 +205,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
     @router.put(
         "",
         response_model=ThresholdRevisionView,
-        responses=_errors(401, 403, 404, 409, 422),
+        responses=_errors(400, 401, 403, 404, 409, 422),
         dependencies=[Depends(writer)],
         summary="Change thresholds (a new revision)",
     )
@@ -242,7 +243,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
     @router.post(
         "/rollback",
         response_model=ThresholdRevisionView,
-        responses=_errors(401, 403, 404, 409, 422),
+        responses=_errors(400, 401, 403, 404, 409, 422),
         dependencies=[Depends(writer)],
         summary="Bring back an earlier revision's values (a new revision)",
     )

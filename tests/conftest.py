@@ -19,8 +19,15 @@ __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "post
 POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
 
 
+RELIABILITY = Path(__file__).parent / "reliability"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` run where the CUDA provider can run, and skip elsewhere saying why."""
+    """Tests under tests/reliability/ are marked `reliability` (`-m "not reliability"` leaves them out).
+    Tests marked `gpu` run where the CUDA provider can run, and skip elsewhere saying why."""
+    for item in items:
+        if RELIABILITY in item.path.parents:
+            item.add_marker(pytest.mark.reliability)
     host = probe_host_gpu()
     if host.runs(CUDA):
         return
