@@ -7,11 +7,13 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
 
+from export.synthetic import encode_image, generate_weld
 from loadtests.server import free_port
 from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
 
@@ -68,3 +70,48 @@ def test_a_second_server_on_a_port_in_use_stops_instead_of_sharing_it(tmp_path):
         assert second.returncode != 0
         assert "in use by another server" in second.stderr + second.stdout
         assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_a_worker_killed_under_load_fails_only_the_requests_on_its_connections_and_comes_back(tmp_path):
+    frame = encode_image(generate_weld(73_000, 640, 480, label="crack").image)
+    cameras, seconds = 8, 10.0
+    with running_server(tmp_path, workers=2, models="weld-classifier") as server:
+        loaded_before = server.worker_pids("gauge_max")
+        outcomes: list[tuple[float, str]] = []
+        stop_at = time.monotonic() + seconds
+
+        def camera(_: int) -> None:
+            with httpx.Client(timeout=10) as client:
+                while time.monotonic() < stop_at:
+                    try:
+                        response = client.post(
+                            f"{server.url}/v1/models/weld-classifier/predict",
+                            content=frame,
+                            headers={"Content-Type": "image/jpeg"},
+                        )
+                        outcomes.append((time.monotonic(), str(response.status_code)))
+                    except httpx.TransportError as exc:  # the connection died with its worker
+                        outcomes.append((time.monotonic(), type(exc).__name__))
+
+        with ThreadPoolExecutor(max_workers=cameras) as pool:
+            running = [pool.submit(camera, i) for i in range(cameras)]
+            time.sleep(3)
+            victim = psutil.Process(int(sorted(loaded_before)[0]))
+            killed_at = time.monotonic()
+            victim.kill()
+            back_after = None
+            while back_after is None and time.monotonic() < killed_at + 60:
+                if server.worker_pids("gauge_max") - loaded_before:  # a new worker loaded its models
+                    back_after = time.monotonic() - killed_at
+                time.sleep(0.1)
+            for future in running:
+                future.result()
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+    failed = [outcome for _, outcome in outcomes if outcome != "200"]
+    answered_after = [t for t, outcome in outcomes if outcome == "200" and t > killed_at]
+    print(f"killed worker: {len(failed)} of {len(outcomes)} requests failed ({sorted(set(failed))}), "
+          f"a new worker served after {back_after:.1f} s, {len(answered_after)} answered after the kill")
+    assert back_after is not None and back_after < 30
+    assert len(failed) <= cameras  # at most the request in flight on each connection it held
+    assert all(outcome in {"RemoteProtocolError", "ReadError", "ConnectError", "WriteError"} for outcome in failed)
+    assert len(answered_after) > 50  # the other worker, then both, went on answering
