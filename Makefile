@@ -46,7 +46,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 serve: $(VENV)/.serve $(GPU_STAMP)
 	$(if $(GPU),INSPECTION_PROVIDER=$${INSPECTION_PROVIDER:-$(GPU)}) \
-	$(BIN)/bentoml serve service.service:InspectionService --host $(HOST) --port $(PORT)
+	$(BIN)/bentoml serve service.inspection_service:InspectionService --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev $(GPU_STAMP)
 	tests/with_services.sh $(BIN)/pytest

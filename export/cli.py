@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from service.manifest import ModelManifest, OutputDecoder, Quality, Task
-from service.repository import ModelStoreError, ModelVersion, load_version, model_names, parse_ref, version_numbers
+from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref, version_numbers
 
 from .errors import ExportError, validation_message
 

@@ -25,8 +25,12 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
-from service.decode import DecodedImage
-from service.evaluation import (
+from service.manifest import InputSpec, OutputDecoder, Quality, ResizeMode, Task
+from service.model_store import ModelVersion
+from service.pipeline.decode import DecodedImage
+from service.pipeline.geometry import Geometry
+from service.pipeline.preprocess import to_model_input
+from service.thresholds.evaluation import (
     accuracy,
     average_precision_per_class,
     confusion_matrix,
@@ -34,10 +38,6 @@ from service.evaluation import (
     precision_per_class,
     recall_per_class,
 )
-from service.geometry import Geometry
-from service.manifest import InputSpec, OutputDecoder, Quality, ResizeMode, Task
-from service.preprocess import to_model_input
-from service.repository import ModelVersion
 
 from . import synthetic
 from .architectures import WeldDetector, build_unet, build_weld_classifier, build_weld_detector

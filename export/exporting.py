@@ -38,7 +38,7 @@ from service.manifest import (
     ResizeMode,
     Task,
 )
-from service.repository import ModelVersion
+from service.model_store import ModelVersion
 
 from .errors import ExportError, reason, validation_message
 from .outputs import OUTPUT_NAMES, check_outputs

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from service.manifest import OutputDecoder, Provenance, Quality
-from service.repository import ModelVersion
+from service.model_store import ModelVersion
 
 from .errors import ExportError, reason
 from .exporting import ExportRequest, build_manifest, onnxruntime_session

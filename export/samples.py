@@ -3,7 +3,7 @@
     python -m export.samples --task classification --out samples/cls [--count 200] [--seed 20000]
         [--width 640 --height 480]
 
-writes the layout `service.labelled_samples` reads for that task (a folder per class;
+writes the layout `service.thresholds.samples` reads for that task (a folder per class;
 images/ and labels.json; images/ and masks/). An `--out` ending in `.zip` writes the same
 layout as a zip archive, ready for `POST /v1/models/{model}/thresholds/sweep`.
 The default seed lies outside the streams the demo models were trained and tested on.

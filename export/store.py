@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
-from service.repository import ModelVersion, load_version
+from service.model_store import ModelVersion, load_version
 
 
 def write_version(store: Path, manifest: ModelManifest, onnx_model: bytes) -> ModelVersion:

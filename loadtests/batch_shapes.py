@@ -30,8 +30,8 @@ import numpy as np
 from loadtests.benchmark import own_cpu_seconds
 from loadtests.server import ROOT
 from service.config import Settings
-from service.repository import load_version, model_names
-from service.runtime import InferenceSession, RuntimeOptions, batch_buckets, create_session
+from service.model_store import load_version, model_names
+from service.pipeline.runtime import InferenceSession, RuntimeOptions, batch_buckets, create_session
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ def time_runs(session: InferenceSession, sizes: list[int], model: str, way: str)
         rows = session.batch_rows(images)
         session.run(inputs[rows], images)
     wall, cpu = time.perf_counter() - started, own_cpu_seconds() - cpu_before
-    return Timing(model, way, len(sizes), sum(sizes), 1000 * wall / len(sizes), 1000 * cpu / len(sizes),
-                  1000 * wall / sum(sizes))
+    return Timing(
+        model, way, len(sizes), sum(sizes), 1000 * wall / len(sizes), 1000 * cpu / len(sizes), 1000 * wall / sum(sizes)
+    )
 
 
 def measure(model: str, settings: Settings, runtime: RuntimeOptions, runs: int) -> list[Timing]:
@@ -84,7 +85,9 @@ def markdown_table(timings: list[Timing]) -> str:
         "|---|---|---|---|---|",
     ]
     for t in timings:
-        lines.append(f"| {t.model} | {t.way} | {t.wall_ms_per_run:.2f} | {t.cpu_ms_per_run:.2f} | {t.wall_ms_per_image:.3f} |")
+        lines.append(
+            f"| {t.model} | {t.way} | {t.wall_ms_per_run:.2f} | {t.cpu_ms_per_run:.2f} | {t.wall_ms_per_image:.3f} |"
+        )
     return "\n".join(lines)
 
 

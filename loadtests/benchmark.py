@@ -54,11 +54,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests.frames import Station, line_frames
 from loadtests.server import ROOT, running_server
 from service.config import Settings
-from service.decode import decode_image
 from service.metrics import STAGES
-from service.preprocess import to_batch, to_model_input
-from service.repository import ModelVersion, load_version
-from service.runtime import RuntimeOptions, batch_buckets, create_session
+from service.model_store import ModelVersion, load_version
+from service.pipeline.decode import decode_image
+from service.pipeline.preprocess import to_batch, to_model_input
+from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
 
 SERVED_TARGET = 0.85
 LATENCY_TARGET = 3.0
@@ -554,7 +554,9 @@ def summary_row(case: Station, variant: str, rounds: list[dict]) -> dict:
         **{name: statistics.median(r[name] for r in rounds) for name in MEDIAN_FIELDS},
         "stage_ms": {stage: statistics.median(r["stage_ms"][stage] for r in rounds) for stage in STAGES},
         "worker_cpu_shares": max((r["worker_cpu_shares"] for r in rounds), key=max),
-        "gpu_busy_pct": statistics.median(busy) if (busy := [r["gpu_busy_pct"] for r in rounds if r["gpu_busy_pct"] is not None]) else None,
+        "gpu_busy_pct": statistics.median(busy)
+        if (busy := [r["gpu_busy_pct"] for r in rounds if r["gpu_busy_pct"] is not None])
+        else None,
         "failures": sum(r["failures"] for r in rounds),
         "rounds": rounds,
     }

@@ -33,7 +33,7 @@ from locust.env import Environment
 from pydantic import ValidationError
 
 from loadtests.frames import Station, line_frames
-from service.schemas import ModelDescription, ModelList, Prediction
+from service.api.schemas import ModelDescription, ModelList, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .providers import CPU, Provider, choose_provider, probe_host_gpu
+from service.pipeline.providers import CPU, Provider, choose_provider, probe_host_gpu
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

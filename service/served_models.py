@@ -6,14 +6,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .config import Settings
-from .errors import UnknownModel
-from .metrics import inspection_metrics
-from .predictor import Predictor
-from .repository import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
-from .providers import choose_provider, probe_host_gpu, unused_gpu
-from .runtime import RuntimeOptions, batch_buckets, create_session
-from .threshold_store import ThresholdStore
+from service.config import Settings
+from service.errors import UnknownModel
+from service.metrics import inspection_metrics
+from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
+from service.pipeline.predictor import Predictor
+from service.pipeline.providers import choose_provider, probe_host_gpu, unused_gpu
+from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
+from service.thresholds.store import ThresholdStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ class ServedModels:
             settings.workers,
             settings.decode_threads,
             settings.inference_threads,
-            f"batch sizes {batch_buckets(settings.max_batch_size)}" if settings.fixed_batch_shapes else "any batch size",
+            f"batch sizes {batch_buckets(settings.max_batch_size)}"
+            if settings.fixed_batch_shapes
+            else "any batch size",
         )
         configured_versions(settings)
         ThresholdStore.from_settings(settings).close()

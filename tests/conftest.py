@@ -11,8 +11,8 @@ import pytest
 
 from loadtests.server import BENTOML, MODEL_STORE, ROOT, RunningServer, kill_tree
 from loadtests.server import running_server as serve_in_background
-from service.providers import CUDA, probe_host_gpu
-from service.threshold_store import ThresholdStore, ThresholdStoreError
+from service.pipeline.providers import CUDA, probe_host_gpu
+from service.thresholds.store import ThresholdStore, ThresholdStoreError
 
 __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
 

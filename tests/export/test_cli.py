@@ -20,7 +20,7 @@ import torchvision
 
 from export.architectures import build_weld_classifier
 from export.cli import build_parser, main
-from service.repository import load_version
+from service.model_store import load_version
 
 from .models import (
     DEFECTS,

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 
 from export.demo import TrainingPlan, detector_targets, mask_to_input, run_demo
-from service.geometry import Geometry
-from service.repository import load_version
+from service.model_store import load_version
+from service.pipeline.geometry import Geometry
 
 
 def test_a_tiny_demo_run_trains_measures_and_exports_all_three_models(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from export.errors import ExportError
 from export.exporting import IN_GRAPH_SCORE_THRESHOLD, ExportRequest, export_model
 from service.manifest import ModelManifest
-from service.repository import load_version
+from service.model_store import load_version
 
 from .models import (
     DEFECTS,

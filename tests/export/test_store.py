@@ -10,7 +10,7 @@ import pytest
 
 from export.store import write_version
 from service.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
-from service.repository import load_version, version_numbers
+from service.model_store import load_version, version_numbers
 from tests.service.manifests import make_manifest
 
 

@@ -20,20 +20,31 @@ def test_no_generated_request_gets_a_server_error_or_an_answer_outside_the_docum
     with running_server(tmp_path, admin_token=TOKEN) as server:
         run = subprocess.run(
             [
-                str(SCHEMATHESIS), "run", f"{server.url}/v1/openapi.json",
-                "--checks", "all",
+                str(SCHEMATHESIS),
+                "run",
+                f"{server.url}/v1/openapi.json",
+                "--checks",
+                "all",
                 # Schema-valid requests that the API refuses on purpose: limits that depend on the model
                 # (a detector's max_detections), rules on the state (a rollback to the active revision).
-                "--exclude-checks", "positive_data_acceptance",
+                "--exclude-checks",
+                "positive_data_acceptance",
                 # The coverage phase trips a CPython 3.11 error in hypothesis' lambda printing.
-                "--phases", "examples,fuzzing,stateful",
+                "--phases",
+                "examples,fuzzing,stateful",
                 # Sweeps take zip archives of labelled images, which it cannot generate.
-                "--exclude-path-regex", "/sweep$",
-                "--header", f"Authorization: Bearer {TOKEN}",
-                "--max-examples", "50",
-                "--seed", SEED,
-                "--workers", "2",
-                "--request-timeout", "30",
+                "--exclude-path-regex",
+                "/sweep$",
+                "--header",
+                f"Authorization: Bearer {TOKEN}",
+                "--max-examples",
+                "50",
+                "--seed",
+                SEED,
+                "--workers",
+                "2",
+                "--request-timeout",
+                "30",
             ],
             capture_output=True,
             text=True,

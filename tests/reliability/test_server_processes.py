@@ -61,11 +61,27 @@ def test_long_lived_connections_opened_at_once_spread_over_the_workers(tmp_path,
 def test_a_second_server_on_a_port_in_use_stops_instead_of_sharing_it(tmp_path):
     with running_server(tmp_path / "first", models="weld-classifier") as server:
         port = server.url.rsplit(":", 1)[1]
-        env = {**os.environ, "INSPECTION_MODEL_STORE": str(MODEL_STORE), "INSPECTION_MODELS": "weld-classifier",
-               "BENTOML_HOME": str(tmp_path / "second-home")}
+        env = {
+            **os.environ,
+            "INSPECTION_MODEL_STORE": str(MODEL_STORE),
+            "INSPECTION_MODELS": "weld-classifier",
+            "BENTOML_HOME": str(tmp_path / "second-home"),
+        }
         second = subprocess.run(
-            [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", port],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+            [
+                str(BENTOML),
+                "serve",
+                "service.inspection_service:InspectionService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert second.returncode != 0
         assert "in use by another server" in second.stderr + second.stdout
@@ -109,8 +125,10 @@ def test_a_worker_killed_under_load_fails_only_the_requests_on_its_connections_a
         assert httpx.get(f"{server.url}/readyz").status_code == 200
     failed = [outcome for _, outcome in outcomes if outcome != "200"]
     answered_after = [t for t, outcome in outcomes if outcome == "200" and t > killed_at]
-    print(f"killed worker: {len(failed)} of {len(outcomes)} requests failed ({sorted(set(failed))}), "
-          f"a new worker served after {back_after:.1f} s, {len(answered_after)} answered after the kill")
+    print(
+        f"killed worker: {len(failed)} of {len(outcomes)} requests failed ({sorted(set(failed))}), "
+        f"a new worker served after {back_after:.1f} s, {len(answered_after)} answered after the kill"
+    )
     assert back_after is not None and back_after < 30
     assert len(failed) <= cameras  # at most the request in flight on each connection it held
     assert all(outcome in {"RemoteProtocolError", "ReadError", "ConnectError", "WriteError"} for outcome in failed)

@@ -1,7 +1,7 @@
 import pytest
 
 from service.config import Settings, host_defaults, usable_cpus
-from service.providers import nvidia_device_present
+from service.pipeline.providers import nvidia_device_present
 
 
 def test_a_16_core_gpu_host_gets_8_workers_with_fixed_batch_shapes():

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.synthetic import encode_image, generate_weld
-from loadtests.server import free_port
-from service.providers import nvidia_device_present
+from service.pipeline.providers import nvidia_device_present
 from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
 
 
 def serve_expecting_failure(tmp_path, **settings) -> subprocess.CompletedProcess:
     env = {**os.environ, **{f"INSPECTION_{k.upper()}": str(v) for k, v in settings.items()}}
     return subprocess.run(
-        [str(BENTOML), "serve", "service.service:InspectionService", "--host", "127.0.0.1", "--port", "0"],
+        [str(BENTOML), "serve", "service.inspection_service:InspectionService", "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -97,13 +92,19 @@ def test_a_line_per_request_is_logged_only_when_the_access_log_is_asked_for(tmp_
 
 
 def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_does(tmp_path, server):
-    frames = [encode_image(generate_weld(71_100 + i, 640, 480, label=label).image)
-              for i, label in enumerate(["crack", "porosity", "undercut", "no_defect"] * 4)]
+    frames = [
+        encode_image(generate_weld(71_100 + i, 640, 480, label=label).image)
+        for i, label in enumerate(["crack", "porosity", "undercut", "no_defect"] * 4)
+    ]
 
     def scores(url: str) -> list[dict]:
         def send(frame: bytes) -> dict:
-            response = httpx.post(f"{url}/v1/models/weld-classifier/predict", content=frame,
-                                  headers={"Content-Type": "image/jpeg"}, timeout=60)
+            response = httpx.post(
+                f"{url}/v1/models/weld-classifier/predict",
+                content=frame,
+                headers={"Content-Type": "image/jpeg"},
+                timeout=60,
+            )
             assert response.status_code == 200, response.text
             return response.json()["scores"]
 
@@ -115,8 +116,11 @@ def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_do
         tmp_path, fixed_batch_shapes="true", max_batch_size=4, batch_window_ms=50, models="weld-classifier"
     ) as fixed:
         # Warm-up runs in the worker's start-up, which /readyz waits for.
-        assert re.search(r"serving weld-classifier:1 \(classification\) on CPUExecutionProvider, "
-                         r"batch sizes 1, 2, 4, warmed up in \d+\.\d+ s", fixed.log())
+        assert re.search(
+            r"serving weld-classifier:1 \(classification\) on CPUExecutionProvider, "
+            r"batch sizes 1, 2, 4, warmed up in \d+\.\d+ s",
+            fixed.log(),
+        )
         described = httpx.get(f"{fixed.url}/v1/models/weld-classifier").json()
         assert described["batch_sizes"] == [1, 2, 4]
         padded = scores(fixed.url)
@@ -126,10 +130,20 @@ def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_do
     for got, want in zip(padded, plain, strict=True):
         assert got.keys() == want.keys()
         assert all(abs(got[k] - want[k]) <= 2e-6 for k in got), (got, want)
-    batched = [s for f in text_string_to_metric_families(text) if f.name == "inspection_batch_size"
-               for s in f.samples if s.name.endswith("_sum")]
-    counted = [s for f in text_string_to_metric_families(text) if f.name == "inspection_batch_size"
-               for s in f.samples if s.name.endswith("_count")]
+    batched = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name == "inspection_batch_size"
+        for s in f.samples
+        if s.name.endswith("_sum")
+    ]
+    counted = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name == "inspection_batch_size"
+        for s in f.samples
+        if s.name.endswith("_count")
+    ]
     assert batched[0].value == 16 and counted[0].value < 16  # real batches of several images ran
 
 

@@ -1,0 +1,1 @@
+"""The HTTP surface: the app and its routes, reading requests, answering them."""

@@ -1,0 +1,244 @@
+"""The HTTP API (`/v1/...`), mounted into the BentoML service.
+
+Routes only translate HTTP to calls on `ServedModels` and back; every client
+mistake surfaces as an `InspectionError` and answers its own status with
+`{"error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from service.api.admission import Admission
+from service.api.body import IMAGE_FIELD, read_image_bytes
+from service.api.limits import RequestLimits
+from service.api.query import QUERY_PARAMETERS, parse_options
+from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction
+from service.api.thresholds import thresholds_router
+from service.config import Settings
+from service.errors import (
+    FRAMEWORK_ERRORS,
+    InspectionError,
+    InvalidParameters,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    Unauthorized,
+)
+from service.metrics import UNKNOWN_MODEL, inspection_metrics
+from service.pipeline.decode import SUPPORTED_FORMATS
+from service.served_models import ServedModels
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "The bytes are not a decodable image, or the multipart body is malformed.",
+        408: "The body stopped arriving.",
+        404: "No such model.",
+        413: "Body or pixel count over the limit.",
+        415: "Unsupported media type or image format.",
+        431: "Request headers over the limit.",
+        422: "Bad parameters.",
+        503: "Overloaded: too many predictions in flight, or the expected latency is over the budget.",
+        504: "No answer before the request timeout.",
+    }.items()
+}
+_ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
+    Overloaded: {"Retry-After": "1"},
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
+}
+LATENCY_BUDGET_HEADER = "X-Latency-Budget-Ms"
+_PREDICT_REQUEST = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+        for name, (schema, description) in QUERY_PARAMETERS.items()
+    ]
+    + [
+        {
+            "name": LATENCY_BUDGET_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "number", "minimum": 1, "maximum": 600000},
+            "description": "This request's latency budget: 503 at once when its expected latency is over it "
+            "(default INSPECTION_LATENCY_BUDGET_MS).",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in SUPPORTED_FORMATS.values()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
+                    "required": [IMAGE_FIELD],
+                }
+            },
+        },
+    },
+}
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRoute]:
+    """A route class that times every prediction request and counts its errors by code.
+
+    It wraps the whole route handler, not just the endpoint, so that parameters FastAPI
+    itself rejects before the endpoint runs (a 422) are counted like every other error.
+    """
+
+    class MeteredPredictions(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handle = super().get_route_handler()
+
+            async def metered(request: Request) -> Response:
+                started = time.perf_counter()
+                model = request.path_params.get("model", "")
+                label = model if model in served_models() else UNKNOWN_MODEL
+                status, code = 500, None
+                try:
+                    response = await handle(request)
+                    status = response.status_code
+                    return response
+                except InspectionError as exc:
+                    status, code = exc.status, exc.code
+                    raise
+                except RequestValidationError:
+                    status, code = InvalidParameters.status, InvalidParameters.code
+                    raise
+                except Exception:
+                    log.exception("prediction failed for model %s", label)
+                    code = "internal_error"
+                    raise
+                finally:
+                    metrics = inspection_metrics()
+                    if code is not None:
+                        metrics.errors.labels(label, code).inc()
+                    metrics.request_duration.labels(label, str(status)).observe(time.perf_counter() - started)
+
+            return metered
+
+    return MeteredPredictions
+
+
+def latency_budget_s(request: Request) -> float | None:
+    """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
+    given = request.headers.get(LATENCY_BUDGET_HEADER)
+    if given is None:
+        return None
+    try:
+        milliseconds = float(given)
+    except ValueError:
+        milliseconds = float("nan")
+    if not 1.0 <= milliseconds <= 600_000.0:  # also refuses nan and inf
+        raise InvalidParameters(f"{LATENCY_BUDGET_HEADER} must be a number of milliseconds from 1 to 600000")
+    return milliseconds / 1000.0
+
+
+def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
+    """The API; `served_models` returns this worker's loaded models once the service has started."""
+    admission = Admission(settings.max_concurrency, settings.latency_budget_ms / 1000.0)
+    app = FastAPI(
+        title="Weld inspection",
+        description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
+        version="1",
+        docs_url="/v1/docs",
+        openapi_url="/v1/openapi.json",
+        redoc_url=None,
+    )
+
+    app.add_middleware(
+        RequestLimits, max_header_bytes=settings.max_header_bytes, request_timeout_s=settings.request_timeout_s
+    )
+
+    @app.exception_handler(InspectionError)
+    async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
+        headers = _ERROR_HEADERS.get(type(exc))
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = FRAMEWORK_ERRORS.get(exc.status_code)
+        code = kind.code if kind else "http_error"
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        unparseable = any(e["type"] == "json_invalid" for e in exc.errors())
+        error = (
+            MalformedRequest(f"the body is not valid JSON: {details}") if unparseable else InvalidParameters(details)
+        )
+        return JSONResponse(error.to_json(), status_code=error.status)
+
+    # These read the active thresholds from the database: plain functions, so that FastAPI runs them
+    # in its thread pool, off the event loop that carries the predictions (as the thresholds routes).
+    @app.get("/v1/models", response_model=ModelList, summary="Served models")
+    def list_models() -> dict:
+        models = served_models()
+        return {"models": [models.describe(name) for name in models.names()]}
+
+    @app.get("/v1/models/{model}", response_model=ModelDescription, responses={404: _ERRORS[404]})
+    def describe_model(model: str) -> dict:
+        return served_models().describe(model)
+
+    predictions = APIRouter(route_class=metered_predictions(served_models))
+
+    @predictions.post(
+        "/v1/models/{model}/predict",
+        response_model=Prediction,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        openapi_extra=_PREDICT_REQUEST,
+        summary="Inspect one image",
+    )
+    async def predict(model: str, request: Request) -> JSONResponse:
+        # The query is read and checked by `parse_options`, not declared as parameters: FastAPI's
+        # validation of five declared parameters took ~13% of the event loop's time per prediction.
+        models = served_models()
+        predictor = models.get(model)
+        with admission.slot(model, latency_budget_s(request)):
+            options = parse_options(predictor.manifest, request.query_params)
+            data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+            answer = await predictor.predict(data, options, models.thresholds.active)
+        return JSONResponse(answer)
+
+    app.include_router(predictions)
+    app.include_router(thresholds_router(settings, served_models))
+
+    # Last, so that every route above comes first. A path under /v1/ that no route takes would
+    # otherwise fall through to BentoML's own router, which answers a plain-text 404.
+    @app.api_route("/v1/{path:path}", methods=_ALL_METHODS, include_in_schema=False)
+    async def no_route(request: Request) -> JSONResponse:
+        scope = request.scope
+        allowed = sorted(
+            {
+                method
+                for r in app.routes
+                if isinstance(r, APIRoute) and r.matches(scope)[0] is Match.PARTIAL
+                for method in r.methods
+            }
+        )
+        if allowed:
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
+            )
+            return JSONResponse(error.to_json(), status_code=error.status, headers={"Allow": ", ".join(allowed)})
+        raise NotFound(f"no route for {request.method} {request.url.path}; see /v1/docs")
+
+    return app

@@ -1,0 +1,340 @@
+"""HTTP routes of the thresholds: read, change, history, rollback, and the sweep on labelled samples.
+
+    GET  /v1/models/{model}/thresholds            the active revision
+    PUT  /v1/models/{model}/thresholds            a new revision (bearer token)
+    GET  /v1/models/{model}/thresholds/history    revisions, newest first
+    POST /v1/models/{model}/thresholds/rollback   a new revision with an earlier one's values (bearer token)
+    POST /v1/models/{model}/thresholds/sweep      precision/recall per class over a threshold grid
+
+Writes carry the revision they are based on (`expected_revision`); a stale one answers 409
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.body import read_body
+from service.api.query import PredictionOptions
+from service.api.schemas import ErrorResponse
+from service.config import Settings
+from service.errors import (
+    Forbidden,
+    InspectionError,
+    InvalidParameters,
+    MalformedRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from service.served_models import ServedModels
+from service.thresholds.rules import RevisionNumber, ThresholdValue
+from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
+from service.thresholds.sweep import Progress, SweepTally
+
+log = logging.getLogger(__name__)
+
+ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
+# Images of one sweep in flight at once: enough to fill the model's batches, few enough to leave room for the line.
+SWEEP_CONCURRENCY = 4
+
+_bearer = HTTPBearer(auto_error=False, description="The token in INSPECTION_ADMIN_TOKEN.")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "The body is not valid JSON; or the samples archive is not a valid sample set, or an image in it is "
+        "not decodable.",
+        401: "Missing or wrong bearer token.",
+        403: "Threshold changes are disabled: no token is configured.",
+        404: "No such model.",
+        409: "expected_revision is not the active revision: another change came first. Nothing was changed.",
+        413: "Archive over the size limit.",
+        415: "The body is not a zip archive.",
+        422: "Bad parameters: unknown class, value outside 0..1, malformed body.",
+    }
+    return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}
+
+
+class ThresholdRevisionView(BaseModel):
+    model: str = Field(examples=["weld-classifier"])
+    revision: int = Field(description="Numbered from 1 per model; the highest is active.", examples=[3])
+    kind: str = Field(description="initial (a manifest's defaults), update or rollback.", examples=["update"])
+    thresholds: dict[str, float] = Field(
+        description="Score threshold per defect class: a class at or above its threshold rejects the part.",
+        examples=[{"porosity": 0.5, "crack": 0.25, "undercut": 0.5}],
+    )
+    nms_iou: float | None = Field(description="Detectors: the NMS IoU. null for other tasks.", examples=[None])
+    model_version: int = Field(description="The model version served when this revision was written.", examples=[1])
+    author: str = Field(examples=["j.moreau"])
+    reason: str = Field(examples=["missed crack on line 3, lot 2291"])
+    created_at: datetime
+    replaces: int | None = Field(description="The revision that was active before this one.", examples=[2])
+    restores: int | None = Field(
+        description="Rollbacks: the revision whose values this one brings back.", examples=[None]
+    )
+
+
+class ThresholdHistory(BaseModel):
+    model: str = Field(examples=["weld-classifier"])
+    revisions: list[ThresholdRevisionView] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` for the next, older page; null on the last page.", examples=[None]
+    )
+
+
+class _Write(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    author: str = Field(min_length=1, max_length=200, description="Who makes the change.", examples=["j.moreau"])
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="Why, for the audit trail.",
+        examples=["missed crack on line 3, lot 2291"],
+    )
+    expected_revision: RevisionNumber = Field(
+        description="The revision this change is based on (the one you read). 409 when it is no longer the active one.",
+        examples=[2],
+    )
+
+
+class ThresholdChange(_Write):
+    thresholds: dict[str, ThresholdValue] = Field(
+        default_factory=dict,
+        description="New thresholds, 0 to 1, for some or all defect classes; the others keep their value.",
+        examples=[{"crack": 0.25}],
+    )
+    nms_iou: ThresholdValue | None = Field(default=None, description="Detectors: a new NMS IoU.")
+
+
+class ThresholdRollback(_Write):
+    to_revision: RevisionNumber = Field(description="The earlier revision whose values come back.", examples=[1])
+
+
+class SweepPoint(BaseModel):
+    threshold: float
+    precision: float | None = Field(description="TP / (TP + FP); null when nothing is flagged.")
+    recall: float | None = Field(description="TP / (TP + FN); null without labelled positives.")
+    f1: float | None
+    tp: int
+    fp: int
+    fn: int
+
+
+class ProposedPoint(SweepPoint):
+    basis: str = Field(
+        description="target_recall: the highest threshold meeting the target; max_f1: the best F1; "
+        "unchanged: no labelled positives, the active value is kept."
+    )
+    target_recall: float | None
+    target_met: bool | None
+
+
+class SweepCurve(BaseModel):
+    thresholds: list[float]
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
+    tp: list[int]
+    fp: list[int]
+    fn: list[int]
+
+
+class ClassSweep(BaseModel):
+    positives: int = Field(description="Labelled positives of the class in the samples.")
+    proposed: ProposedPoint
+    current: SweepPoint = Field(description="The same counts at the active threshold.")
+    curve: SweepCurve
+
+
+class Proposal(BaseModel):
+    thresholds: dict[str, float]
+    expected_revision: int = Field(description="The active revision when the sweep ran.")
+
+
+class Confusion(BaseModel):
+    labels: list[str]
+    matrix: list[list[int]] = Field(description="matrix[i][j]: images labelled labels[i], decided labels[j].")
+
+
+class SweepReport(BaseModel):
+    model: str = Field(examples=["weld-classifier"])
+    model_version: int
+    task: str
+    images: int
+    positive: str = Field(description="What counts as a positive for this task.")
+    thresholds_revision: int = Field(description="The active revision when the sweep ran.")
+    nms_iou: float | None = Field(description="Detectors: the NMS IoU the detections were made with.")
+    classes: dict[str, ClassSweep]
+    proposal: Proposal = Field(description="With author and reason added, a ready PUT body.")
+    confusion: Confusion | None = Field(default=None, description="Classification: at the proposed thresholds.")
+
+
+def thresholds_router(settings: Settings, served_models: Callable[[], ServedModels]) -> APIRouter:
+    router = APIRouter(prefix="/v1/models/{model}/thresholds", tags=["thresholds"])
+
+    # Database routes are plain functions: FastAPI runs them in its thread pool, off the event loop
+    # that carries the predictions.
+    def writer(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+        expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        if not expected:
+            raise Forbidden(
+                "threshold changes are disabled on this server: set INSPECTION_ADMIN_TOKEN to a secret "
+                "in the service's environment and restart it, then send `Authorization: Bearer <token>`"
+            )
+        if credentials is None:
+            raise Unauthorized("threshold changes need `Authorization: Bearer <token>` (the INSPECTION_ADMIN_TOKEN)")
+        if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise Unauthorized("wrong bearer token")
+
+    @router.get("", response_model=ThresholdRevisionView, responses=_errors(404), summary="Active thresholds")
+    def read(model: str) -> dict:
+        models = served_models()
+        return models.thresholds.current(models.get(model).manifest).to_json()
+
+    @router.put(
+        "",
+        response_model=ThresholdRevisionView,
+        responses=_errors(400, 401, 403, 404, 409, 422),
+        dependencies=[Depends(writer)],
+        summary="Change thresholds (a new revision)",
+    )
+    def change(model: str, body: ThresholdChange) -> dict:
+        models = served_models()
+        revision = models.thresholds.update(
+            models.get(model).manifest,
+            thresholds=body.thresholds,
+            nms_iou=body.nms_iou,
+            author=body.author,
+            reason=body.reason,
+            expected_revision=body.expected_revision,
+        )
+        return revision.to_json()
+
+    @router.get("/history", response_model=ThresholdHistory, responses=_errors(404), summary="Revisions, newest first")
+    def history(
+        model: str,
+        limit: int = Query(50, ge=1, le=500, description="At most this many revisions."),
+        before: int | None = Query(
+            None, ge=1, le=2**63 - 1, description="Only revisions older than this one (the next page)."
+        ),
+    ) -> dict:
+        models = served_models()
+        name = models.get(model).manifest.name
+        page = models.thresholds.history(name, limit=limit + 1, before=before)
+        more = len(page) > limit
+        page = page[:limit]
+        return {
+            "model": name,
+            "revisions": [r.to_json() for r in page],
+            "next_before": page[-1].revision if more else None,
+        }
+
+    @router.post(
+        "/rollback",
+        response_model=ThresholdRevisionView,
+        responses=_errors(400, 401, 403, 404, 409, 422),
+        dependencies=[Depends(writer)],
+        summary="Bring back an earlier revision's values (a new revision)",
+    )
+    def rollback(model: str, body: ThresholdRollback) -> dict:
+        models = served_models()
+        revision = models.thresholds.rollback(
+            models.get(model).manifest,
+            to_revision=body.to_revision,
+            author=body.author,
+            reason=body.reason,
+            expected_revision=body.expected_revision,
+        )
+        return revision.to_json()
+
+    @router.post(
+        "/sweep",
+        response_model=SweepReport,
+        responses=_errors(400, 404, 413, 415, 422),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+        summary="Precision/recall per class over a threshold grid, on labelled samples (zip)",
+    )
+    async def sweep(
+        model: str,
+        request: Request,
+        targets: str | None = Query(
+            None, description="Target recall per class; the proposal meets it where it can.", examples=["crack:0.99"]
+        ),
+        step: float = Query(0.01, gt=0.0, le=0.5, description="Grid step between thresholds 0 and 1."),
+    ) -> dict:
+        models = served_models()
+        predictor = models.get(model)
+        manifest = predictor.manifest
+        wanted = _parse_targets(targets) if targets else {}
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in ZIP_TYPES:
+            raise UnsupportedMediaType(
+                f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
+            )
+        archive = await read_body(
+            request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
+        )
+        try:
+            files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
+            samples = read_samples(files, manifest)
+        except SampleSetError as exc:
+            raise MalformedRequest(f"samples: {exc}") from exc
+        if len(samples) > settings.max_sweep_images:
+            raise PayloadTooLarge(f"{len(samples)} images; a sweep takes at most {settings.max_sweep_images}")
+
+        active = models.thresholds.active(manifest)
+        options = PredictionOptions(thresholds={name: 0.0 for name in manifest.defect_classes})
+        tally = SweepTally(manifest)
+        progress = Progress(len(samples), lambda line: log.info("sweep of %s: %s", manifest.name, line))
+        limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def run(sample: LabelledImage) -> dict[str, Any]:
+            async with limit:
+                try:
+                    answer = await predictor.predict(files.read(sample.name), options, lambda _: active)
+                except InspectionError as exc:
+                    raise type(exc)(f"{sample.name}: {exc.message}") from exc
+            progress.advance()
+            return answer
+
+        answers = await asyncio.gather(*(run(s) for s in samples))
+        for sample, answer in zip(samples, answers, strict=True):
+            tally.add(sample.truth, answer)
+        try:
+            report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from exc
+        return report.to_json()
+
+    return router
+
+
+def _parse_targets(text: str) -> dict[str, float]:
+    """`crack:0.99,porosity:0.9` -> {"crack": 0.99, "porosity": 0.9}."""
+    targets = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not sep or not 0.0 <= number <= 1.0:
+            raise InvalidParameters(f"targets look like 'crack:0.99' with a recall from 0 to 1, got {item.strip()!r}")
+        targets[name.strip()] = number
+    return targets

@@ -1,0 +1,100 @@
+"""The BentoML service: `bentoml serve service.inspection_service:InspectionService`.
+
+Each worker process loads every configured model once (ServedModels) and serves
+the HTTP API in `service.api`. BentoML supplies /livez, /readyz, /metrics, the
+request timeout and the worker processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+
+import bentoml
+
+from service.api.app import create_app
+from service.api.contract import PlainErrorsAsJson
+from service.config import get_settings
+from service.listening import bind_server_socket_for_workers, listen_in_this_worker, worker_argument
+from service.served_models import ServedModels
+
+_PR_SET_PDEATHSIG = 1
+_PARENT_AT_IMPORT = os.getppid()
+log = logging.getLogger(__name__)
+settings = get_settings()
+# Each worker listens on a socket of its own (see `listening`): set up before BentoML's worker
+# starts serving on the descriptor it was handed, or, in the `bentoml serve` process, before it
+# opens the socket that it hands them.
+_fd = worker_argument(sys.argv, "--fd")
+if _fd is None:
+    bind_server_socket_for_workers()
+else:
+    listen_in_this_worker(_fd, worker_argument(sys.argv, "--backlog") or 2048)
+# BentoML opens an OpenTelemetry span per request even though, unless tracing is configured, it
+# samples none of them; and its request timeout keeps each request's context, span included,
+# alive for the whole timeout. Off unless asked for: set OTEL_SDK_DISABLED=false with tracing.
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+tracing_off = os.environ["OTEL_SDK_DISABLED"].strip().lower() == "true"
+# BentoML's log handlers print INFO, but loggers it did not set up stay at WARNING:
+# without this, which provider each model runs on and sweep progress would not show.
+logging.getLogger("service").setLevel(logging.INFO)
+# Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve`
+# here, with their message, instead of leaving a server whose workers cannot start.
+ServedModels.preflight(settings)
+
+
+def die_with_server() -> None:
+    """End this worker when the `bentoml serve` process that started it dies, by any signal.
+
+    BentoML starts each worker in a session of its own, so a signal to the server's process group
+    (what many supervisors send) never reaches them: they would go on answering, holding the port,
+    and a restart would fail with "Address already in use". Linux only (prctl).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("could not tie this worker's life to its server's: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != _PARENT_AT_IMPORT:  # the server died before the line above took effect
+        os._exit(1)
+
+
+def _served_models() -> ServedModels:
+    return bentoml.get_current_service().models
+
+
+@bentoml.service(
+    name="weld-inspection",
+    workers=settings.workers,
+    # Admission control is the API's own (503 with a JSON error); BentoML only enforces the timeout.
+    traffic={"timeout": settings.request_timeout_s},
+    logging={"access": {"enabled": settings.access_log}},
+    # With tracing off, BentoML's tracing middleware still builds each request's span attributes:
+    # excluding every URL makes it pass requests straight through.
+    **({"tracing": {"excluded_urls": ".*"}} if tracing_off else {}),
+)
+@bentoml.asgi_app(create_app(settings, _served_models), path="/")
+class InspectionService:
+    def __init__(self) -> None:
+        die_with_server()
+        self.models = ServedModels.load(settings)
+        if settings.freeze_startup_heap:
+            # What start-up loaded (libraries, app, sessions) lives as long as the worker. Frozen, it is
+            # skipped by Python's full collections, which otherwise stall the whole worker 50-150 ms.
+            gc.freeze()
+
+    def __is_ready__(self) -> bool:
+        return bool(self.models.names())
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.models.close()
+
+
+# Around BentoML's router: its own plain-text errors (a path no route takes) in the error contract.
+InspectionService.add_asgi_middleware(PlainErrorsAsJson)

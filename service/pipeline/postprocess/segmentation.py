@@ -1,0 +1,196 @@
+"""Segmentation: per-pixel logits -> one mask per defect class at original size, with its parts.
+
+The mask of defect class k holds the pixels where k is the most probable class
+(softmax over classes) AND its probability reaches k's threshold. A class crosses
+its threshold, and rejects the part, when its mask has at least one pixel in the
+original image; its confidence is the highest probability inside the mask.
+Probabilities are computed at the model's input size; only the uint8 class map is
+upsampled, so a 5 MP frame costs a few uint8 copies of itself, not C float maps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pycocotools.mask as coco_mask
+from PIL import Image
+from scipy import ndimage
+
+from service.manifest import ModelManifest, Task
+from service.pipeline.geometry import Geometry
+from service.pipeline.postprocess.decision import (
+    SCORE_DIGITS,
+    Decision,
+    decide,
+    decision_json,
+    request_thresholds,
+    threshold_vector,
+)
+
+MaskFormat = Literal["rle", "png"]
+
+# Class-map value of pixels no class claims at its threshold (also the background's pixels).
+NO_CLASS = 255
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One connected region of a mask (8-connectivity)."""
+
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 as pixel edges: x2 is the last column + 1
+    area_px: int
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    class_name: str
+    class_id: int
+    confidence: float
+    area_px: int
+    area_fraction: float
+    components: list[Component]  # largest first
+    mask: np.ndarray  # bool, original-image size
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationResult:
+    segments: list[Segment]  # defect classes with a non-empty mask, in class order
+    defects: list[str]
+    mask_format: MaskFormat = "rle"
+
+    @property
+    def decision(self) -> Decision:
+        return decide(self.defects)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **decision_json(self.defects),
+            "segments": [
+                {
+                    "class_name": s.class_name,
+                    "class_id": s.class_id,
+                    "confidence": round(s.confidence, SCORE_DIGITS),
+                    "area_px": s.area_px,
+                    "area_fraction": round(s.area_fraction, SCORE_DIGITS),
+                    "components": [
+                        {"box": dict(zip(("x1", "y1", "x2", "y2"), c.box, strict=True)), "area_px": c.area_px}
+                        for c in s.components
+                    ],
+                    "mask": _mask_json(s.mask, self.mask_format),
+                }
+                for s in self.segments
+            ],
+        }
+
+
+def thresholded_class_map(logits: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[C, h, w] logits and (C,) thresholds -> (class map uint8 (h, w), winning probability float32 (h, w)).
+
+    A pixel holds class k when k has the highest logit there and softmax_k >= thresholds[k];
+    otherwise NO_CLASS (so a +inf threshold, as for the background, never claims a pixel).
+    """
+    if logits.ndim != 3 or len(thresholds) != logits.shape[0]:
+        raise ValueError(f"expected [C, h, w] logits with C = {len(thresholds)}, got shape {logits.shape}")
+    if logits.shape[0] >= NO_CLASS:
+        raise ValueError(f"at most {NO_CLASS - 1} classes fit a uint8 class map, got {logits.shape[0]}")
+    winner = logits.argmax(axis=0)
+    # softmax at the argmax is 1 / sum_c exp(l_c - l_max): no C-sized probability map needed.
+    shifted = np.asarray(logits, dtype=np.float32) - logits.max(axis=0)
+    probability = (1.0 / np.exp(shifted, out=shifted).sum(axis=0)).astype(np.float32)
+    class_map = winner.astype(np.uint8)
+    class_map[probability < thresholds[winner]] = NO_CLASS
+    return class_map, probability
+
+
+def connected_components(mask: np.ndarray) -> list[Component]:
+    """8-connected regions of a boolean mask, largest first (ties in scan order)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        return []
+    band = mask[rows[0] : rows[-1] + 1]
+    cols = np.flatnonzero(band.any(axis=0))
+    # Label only the mask's bounding region: defects are small next to a 5 MP frame.
+    region = band[:, cols[0] : cols[-1] + 1]
+    labels, count = ndimage.label(region, structure=_EIGHT_CONNECTED)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    y0, x0 = int(rows[0]), int(cols[0])
+    found = [
+        Component((x0 + xs.start, y0 + ys.start, x0 + xs.stop, y0 + ys.stop), int(area))
+        for (ys, xs), area in zip(ndimage.find_objects(labels), areas, strict=True)
+    ]
+    return [found[i] for i in np.argsort(-areas, kind="stable")]
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO run-length encoding `{"size": [h, w], "counts": str}`, readable by pycocotools.mask.decode."""
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    """A 1-bit PNG of the mask (decodes to a bool array)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _mask_json(mask: np.ndarray, mask_format: MaskFormat) -> dict[str, Any]:
+    if mask_format == "png":
+        return {"format": "png", "data": base64.b64encode(encode_png(mask)).decode("ascii")}
+    return encode_rle(mask)
+
+
+def postprocess_segmentation(
+    logits: np.ndarray,
+    geometry: Geometry,
+    manifest: ModelManifest,
+    thresholds: Mapping[str, float],
+    mask_format: MaskFormat = "rle",
+    class_filter: Iterable[str] | None = None,
+) -> SegmentationResult:
+    """One image's logits `[C, input_h, input_w]` -> SegmentationResult with masks at original size."""
+    if manifest.task is not Task.SEGMENTATION:
+        raise ValueError(f"{manifest.ref} is a {manifest.task} model")
+    if logits.shape[1:] != (geometry.input_height, geometry.input_width):
+        raise ValueError(
+            f"logits {logits.shape} do not match the input size {geometry.input_height}x{geometry.input_width}"
+        )
+    if mask_format not in ("rle", "png"):
+        raise ValueError(f"mask format must be 'rle' or 'png', got {mask_format!r}")
+    active = request_thresholds(manifest, thresholds, class_filter)
+    class_map, probability = thresholded_class_map(logits, threshold_vector(manifest.classes, active))
+
+    x0, y0, x1, y1 = geometry.content_box
+    content_map = class_map[y0:y1, x0:x1]
+    present = [int(k) for k in np.unique(content_map) if k != NO_CLASS]
+    if not present:
+        return SegmentationResult([], [], mask_format)
+    content_probability = probability[y0:y1, x0:x1]
+
+    original_map = geometry.mask_to_original(class_map)
+    frame_px = geometry.original_width * geometry.original_height
+    segments = []
+    for class_id in present:
+        mask = original_map == class_id
+        area = int(np.count_nonzero(mask))
+        if area == 0:  # a sliver lost when the frame is smaller than the input
+            continue
+        segments.append(
+            Segment(
+                class_name=manifest.classes[class_id],
+                class_id=class_id,
+                confidence=float(content_probability[content_map == class_id].max()),
+                area_px=area,
+                area_fraction=area / frame_px,
+                components=connected_components(mask),
+                mask=mask,
+            )
+        )
+    return SegmentationResult(segments, [s.class_name for s in segments], mask_format)

@@ -1,0 +1,149 @@
+"""One served model's request path, top to bottom:
+
+decode -> preprocess            (decode thread; a bad image fails here, alone; then the active
+                                 thresholds are read, a database call kept off the event loop)
+-> batch -> infer               (MicroBatcher; one inference thread per model)
+-> post-process -> respond      (per task, with the request's thresholds: on the event loop for
+                                 classification, tens of microseconds, less than a hand-off to a
+                                 thread; in a decode thread for boxes and masks)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.api.query import PredictionOptions
+from service.config import Settings
+from service.manifest import ModelManifest, Task
+from service.metrics import inspection_metrics
+from service.model_store import ModelVersion
+from service.pipeline.batching import BatchedResult, MicroBatcher
+from service.pipeline.decode import decode_image
+from service.pipeline.geometry import Geometry
+from service.pipeline.postprocess import postprocess_classification, postprocess_detection, postprocess_segmentation
+from service.pipeline.preprocess import to_batch, to_model_input
+from service.pipeline.runtime import InferenceSession
+from service.thresholds.rules import ThresholdSet, resolve
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    tensor: np.ndarray  # (C, H, W) uint8 at the model input size
+    geometry: Geometry
+    active: ThresholdSet  # the thresholds revision in force when the image was read
+    decode_s: float
+    preprocess_s: float
+
+
+# The active thresholds of a model: `ThresholdStore.active`, or a fixed set (a sweep).
+ActiveThresholds = Callable[[ModelManifest], ThresholdSet]
+
+
+class Predictor:
+    def __init__(self, version: ModelVersion, session: InferenceSession, settings: Settings, pool: Executor) -> None:
+        self.manifest: ModelManifest = version.manifest
+        self.session = session
+        self._max_pixels = settings.max_pixels
+        self._pool = pool
+        self._batcher = MicroBatcher(
+            self._infer,
+            max_batch_size=settings.max_batch_size if self.manifest.input.dynamic_batch else 1,
+            window_s=settings.batch_window_ms / 1000.0,
+            max_batch_s=settings.max_batch_ms / 1000.0,
+            name=self.manifest.name,
+            on_batch=inspection_metrics().batch_size.labels(self.manifest.name).observe,
+        )
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+    async def predict(self, data: bytes, options: PredictionOptions, active: ActiveThresholds) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._pool, self._prepare, data, active)
+        batched = await self._batcher.submit(prepared.tensor)
+        thresholds = resolve(prepared.active, options.thresholds, options.nms_iou)
+        started = time.perf_counter()
+        if self.manifest.task is Task.CLASSIFICATION:
+            answer = self._postprocess(batched.outputs, prepared.geometry, options, thresholds)
+        else:
+            answer = await loop.run_in_executor(
+                self._pool, self._postprocess, batched.outputs, prepared.geometry, options, thresholds
+            )
+        self._observe(prepared, batched, time.perf_counter() - started, answer)
+        return answer
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    def _prepare(self, data: bytes, active: ActiveThresholds) -> PreparedImage:
+        spec = self.manifest.input
+        started = time.perf_counter()
+        decoded = decode_image(
+            data, channels=spec.channels, target_size=(spec.width, spec.height), max_pixels=self._max_pixels
+        )
+        decoded_at = time.perf_counter()
+        tensor, geometry = to_model_input(decoded, spec)
+        prepared_at = time.perf_counter()
+        return PreparedImage(tensor, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at)
+
+    def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+        rows = self.session.batch_rows(len(images))
+        outputs = self.session.run(to_batch(images, self.manifest.input, rows), len(images))
+        if not self.manifest.input.dynamic_batch:
+            # One image per run; graphs without a batch axis (torchvision detectors) return unbatched outputs.
+            return [outputs]
+        return [[output[i] for output in outputs] for i in range(len(images))]
+
+    def _postprocess(
+        self, outputs: list[np.ndarray], geometry: Geometry, options: PredictionOptions, thresholds: ThresholdSet
+    ) -> dict[str, Any]:
+        manifest = self.manifest
+        if manifest.task is Task.CLASSIFICATION:
+            result = postprocess_classification(outputs[0], manifest, thresholds.values, options.classes)
+        elif manifest.task is Task.DETECTION:
+            result = postprocess_detection(
+                outputs,
+                geometry,
+                manifest,
+                thresholds.values,
+                nms_iou=thresholds.nms_iou,
+                max_detections=options.max_detections,
+                class_filter=options.classes,
+            )
+        else:
+            result = postprocess_segmentation(
+                outputs[0], geometry, manifest, thresholds.values, options.mask_format, options.classes
+            )
+        return {
+            "model": manifest.name,
+            "model_version": manifest.version,
+            "task": manifest.task.value,
+            "image": {"width": geometry.original_width, "height": geometry.original_height},
+            "thresholds_revision": thresholds.revision,
+            **result.to_json(),
+        }
+
+    def _observe(
+        self, prepared: PreparedImage, batched: BatchedResult, postprocess_s: float, answer: dict[str, Any]
+    ) -> None:
+        metrics = inspection_metrics()
+        name = self.manifest.name
+        for stage, seconds in (
+            ("decode", prepared.decode_s),
+            ("preprocess", prepared.preprocess_s),
+            ("queue_wait", batched.queue_wait_s),
+            ("inference", batched.inference_s),
+            ("postprocess", postprocess_s),
+        ):
+            metrics.stage_duration.labels(name, stage).observe(seconds)
+        metrics.decisions.labels(name, answer["decision"]).inc()
+        for defect in answer["defects"]:
+            metrics.defects.labels(name, defect).inc()

@@ -1,0 +1,202 @@
+"""Step 4: onnxruntime sessions.
+
+A model runs either on one session that takes any batch size, or, with fixed batch shapes, on one
+session per batch size of `batch_buckets` (1, 2, 4, ... max): a batch is padded up to the next
+size with zero rows, whose outputs are cut off before anything reads them. Each session then only
+ever sees one input shape. The CUDA provider needs that: it redoes its per-shape set-up (cuDNN
+kernel choice, workspaces) whenever a run's shape differs from the previous run's, even a shape it
+has run before, 10-60 ms of CPU per run against 0.5 ms for the run itself. Every session runs once
+at start-up (`warm_up`), before the service says it is ready, so that the first cameras do not
+pay for the kernel search or TensorRT's engine build.
+
+The provider was chosen before any session (`providers.resolve_provider`); the one a session
+really got is read back, since onnxruntime falls back to CPU without a word.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.config import Settings
+from service.pipeline.providers import CPU, CUDA, TENSORRT, check_active_provider, resolve_provider
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes that fixed shapes run at: powers of two below `max_batch_size`, then it."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if max_batch_size > sizes[-1]:
+        sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How every session of this process is made: the provider, its options, the threads."""
+
+    provider: str  # the onnxruntime provider that must run the graphs
+    threads: int = 1
+    cuda: dict[str, str] = field(default_factory=dict)  # CUDA provider options (also under TensorRT)
+    tensorrt: dict[str, str] = field(default_factory=dict)  # TensorRT provider options, before profiles
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        provider = resolve_provider(settings.provider)
+        assert settings.inference_threads is not None
+        cuda = {
+            "device_id": str(settings.gpu_device),
+            "cudnn_conv_algo_search": settings.cuda_conv_algo_search,
+            "cudnn_conv_use_max_workspace": str(int(settings.cuda_conv_max_workspace)),
+            "prefer_nhwc": str(int(settings.cuda_prefer_nhwc)),
+            "arena_extend_strategy": settings.cuda_arena_extend_strategy,
+        }
+        if settings.cuda_mem_limit_mb is not None:
+            cuda["gpu_mem_limit"] = str(settings.cuda_mem_limit_mb * 1024 * 1024)
+        cache = str(settings.tensorrt_cache_dir)
+        if provider == TENSORRT:
+            settings.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
+        tensorrt = {
+            "device_id": str(settings.gpu_device),
+            "trt_fp16_enable": str(settings.fp16),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": cache,
+        }
+        return cls(provider, settings.inference_threads, cuda, tensorrt)
+
+    def providers(
+        self, input_name: str, profile: tuple[tuple[int, ...], tuple[int, ...]] | None
+    ) -> list[str | tuple[str, dict[str, str]]]:
+        """The provider list for one session; `profile` is TensorRT's (smallest, largest) input shape."""
+        if self.provider == CPU:
+            return [CPU]
+        chain: list[str | tuple[str, dict[str, str]]] = [(CUDA, self.cuda), CPU]
+        if self.provider == TENSORRT:
+            options = dict(self.tensorrt)
+            if profile is not None:
+                smallest, largest = ("x".join(map(str, shape)) for shape in profile)
+                options |= {
+                    "trt_profile_min_shapes": f"{input_name}:{smallest}",
+                    "trt_profile_opt_shapes": f"{input_name}:{largest}",
+                    "trt_profile_max_shapes": f"{input_name}:{largest}",
+                }
+            chain.insert(0, (TENSORRT, options))
+        return chain
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.provider != CPU:
+            # The CPU side of a GPU session only launches kernels and copies: spinning threads
+            # waiting for work would take cores from decoding.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return options
+
+
+@dataclass
+class InferenceSession:
+    """One model's onnxruntime session(s), with the names they are called by.
+
+    `sessions` maps a batch size to the session that runs it; key 0 is a session for any size.
+    """
+
+    sessions: dict[int, ort.InferenceSession]
+    input_name: str
+    output_names: list[str]
+    provider: str  # the execution provider that really runs the graph
+    input_shape: tuple[int, ...]  # one image's input, without the batch axis
+    input_dtype: np.dtype
+    rows_run: set[int] = field(default_factory=set)  # the batch sizes run so far (warm-up included)
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...] | None:
+        """The fixed batch sizes batches are padded up to; None: any size runs as it is."""
+        return None if 0 in self.sessions else tuple(sorted(self.sessions))
+
+    def batch_rows(self, images: int) -> int:
+        """Rows of the input that carries `images` images: their bucket, or themselves."""
+        sizes = self.batch_sizes
+        if sizes is None:
+            return images
+        for size in sizes:
+            if size >= images:
+                return size
+        raise ValueError(f"a batch of {images} images is over the largest batch size, {sizes[-1]}")
+
+    def run(self, batch: np.ndarray, images: int | None = None) -> list[np.ndarray]:
+        """Run a batch of `batch_rows(images)` rows; the outputs keep the first `images` rows only."""
+        session = self.sessions.get(0) or self.sessions[len(batch)]
+        outputs = session.run(self.output_names, {self.input_name: batch})
+        self.rows_run.add(len(batch))
+        if images is None or images == len(batch):
+            return outputs
+        return [output[:images] for output in outputs]
+
+    def warm_up(self) -> float:
+        """Run every fixed batch size once (or a single image when any size goes); returns the seconds."""
+        started = time.perf_counter()
+        for rows in self.batch_sizes or (1,):
+            self.run(np.zeros((rows, *self.input_shape), dtype=self.input_dtype))
+        return time.perf_counter() - started
+
+
+def create_session(
+    model_path: Path,
+    runtime: RuntimeOptions,
+    *,
+    input_name: str,
+    output_names: list[str],
+    batch_sizes: tuple[int, ...] | None = None,
+) -> InferenceSession:
+    """A model's session(s): one per batch size of `batch_sizes`, or one for any batch size."""
+    path = str(model_path)
+    # A plain CPU session reads the graph's signature (and on CPU serves as the session for any size).
+    probe = ort.InferenceSession(path, sess_options=runtime.session_options(), providers=[CPU])
+    graph_inputs = probe.get_inputs()
+    graph_outputs = [o.name for o in probe.get_outputs()]
+    if [i.name for i in graph_inputs] != [input_name]:
+        names = [i.name for i in graph_inputs]
+        raise ValueError(f"{model_path}: graph inputs are {names}, manifest says [{input_name!r}]")
+    missing = [n for n in output_names if n not in graph_outputs]
+    if missing:
+        raise ValueError(f"{model_path}: graph has no outputs {missing} (it has {graph_outputs})")
+    shape, element = graph_inputs[0].shape, graph_inputs[0].type
+    if not all(isinstance(d, int) for d in shape[1:]) or element not in _ONNX_DTYPES:
+        raise ValueError(
+            f"{model_path}: the input must be uint8, float or float16 with fixed image axes, "
+            f"got {element} of shape {shape}"
+        )
+    dynamic_batch = not isinstance(shape[0], int)  # else one image per run (torchvision detectors)
+    image_shape = tuple(shape[1:])
+
+    def make(profile: tuple[tuple[int, ...], tuple[int, ...]] | None) -> ort.InferenceSession:
+        providers = runtime.providers(input_name, profile)
+        return ort.InferenceSession(path, sess_options=runtime.session_options(), providers=providers)
+
+    if batch_sizes and dynamic_batch:
+        sessions = {rows: make(((rows, *image_shape), (rows, *image_shape))) for rows in batch_sizes}
+    elif runtime.provider == CPU:
+        sessions = {0: probe}
+    else:
+        largest = max(batch_sizes or (1,))
+        sessions = {0: make(((1, *image_shape), (largest, *image_shape)) if dynamic_batch else None)}
+    active = {check_active_provider(runtime.provider, s.get_providers()) for s in sessions.values()}
+    return InferenceSession(sessions, input_name, output_names, active.pop(), image_shape, _ONNX_DTYPES[element])
+
+
+_ONNX_DTYPES = {
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+}

@@ -1,0 +1,489 @@
+"""Per-model threshold revisions in a database: live, versioned, audited.
+
+Every change of a model's thresholds is a new numbered revision holding the whole
+set (every defect class, and the NMS IoU for detectors), who made it, why, when,
+the revision it replaced and its kind: `initial` (a manifest's defaults, written
+on first use), `update` or `rollback`. Revisions are never changed or deleted;
+the newest one is active.
+
+One row per revision, written in one transaction: a process killed mid-write
+leaves the revision either wholly there or absent. The primary key
+(model, revision) settles concurrent writers: both try to insert base + 1, the
+database keeps exactly one, and the other gets `Conflict`.
+
+SQLAlchemy Core, so the same code runs on the embedded SQLite file (WAL mode,
+shared by every worker on the host) and on PostgreSQL (several replicas).
+Every prediction checks for a newer revision, so a change through any worker
+takes effect on every worker's next request: on SQLite by asking whether anything
+was committed at all since the last look (`PRAGMA data_version`, microseconds),
+on PostgreSQL by reading the newest revision number (one primary-key lookup).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.schema import CreateTable
+
+from service.config import Settings
+from service.errors import Conflict, InvalidParameters
+from service.manifest import ModelManifest, Task
+from service.metrics import inspection_metrics
+from service.thresholds.rules import ThresholdSet
+
+log = logging.getLogger(__name__)
+
+SQLITE_FILE = "thresholds.db"
+INITIAL_AUTHOR = "model store"
+
+_metadata = MetaData()
+revisions = Table(
+    "threshold_revisions",
+    _metadata,
+    Column("model", String(64), primary_key=True),
+    Column("revision", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("thresholds", JSON, nullable=False),
+    Column("nms_iou", Float, nullable=True),
+    Column("model_version", Integer, nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("replaces", Integer, nullable=True),
+    Column("restores", Integer, nullable=True),
+)
+
+
+class ThresholdStoreError(Exception):
+    """The thresholds database cannot be opened."""
+
+
+class RevisionKind(StrEnum):
+    INITIAL = "initial"
+    UPDATE = "update"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class ThresholdRevision:
+    model: str
+    revision: int
+    kind: RevisionKind
+    thresholds: dict[str, float]  # every defect class
+    nms_iou: float | None
+    model_version: int  # the model version served when it was written
+    author: str
+    reason: str
+    created_at: datetime
+    replaces: int | None  # the revision that was active before this one
+    restores: int | None  # rollback: the revision whose values this one brings back
+
+    @property
+    def threshold_set(self) -> ThresholdSet:
+        return ThresholdSet(revision=self.revision, values=dict(self.thresholds), nms_iou=self.nms_iou)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "revision": self.revision,
+            "kind": self.kind.value,
+            "thresholds": self.thresholds,
+            "nms_iou": self.nms_iou,
+            "model_version": self.model_version,
+            "author": self.author,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "replaces": self.replaces,
+            "restores": self.restores,
+        }
+
+
+def database_url(settings: Settings) -> str:
+    """`INSPECTION_THRESHOLDS_DB`, or the SQLite file in the state directory."""
+    if settings.thresholds_db:
+        return settings.thresholds_db
+    return URL.create("sqlite", database=str(Path(settings.state_dir).resolve() / SQLITE_FILE)).render_as_string()
+
+
+class ThresholdStore:
+    """Threshold revisions of every model; the newest committed one is the one predictions use."""
+
+    def __init__(self, engine: Engine, commits: CommitWatch | None = None) -> None:
+        self._engine = engine
+        self._commits = commits
+        # The revision this process used last, per model: reused while it is the newest, and kept
+        # in use while the database is unreachable.
+        self._last_active: dict[str, ThresholdSet] = {}
+        # Per model, the database's commit count when its revision was last read (SQLite only).
+        self._read_at_commit: dict[str, int] = {}
+        self._unreachable = False  # log an outage once, not once per prediction
+
+    @classmethod
+    def open(cls, url: str) -> ThresholdStore:
+        """Connect (creating the SQLite file and the table when missing)."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if not parsed.database or parsed.database == ":memory:":
+                raise ValueError("the thresholds database must be a file shared by the workers, not in memory")
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # check_same_thread off: pooled connections move between the event loop and worker threads.
+            engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 10.0})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            commits = CommitWatch(parsed.database)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+            commits = None
+        try:
+            _create_table(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            shown = parsed.render_as_string(hide_password=True)
+            raise ThresholdStoreError(
+                f"thresholds database {shown} is not usable ({exc.orig or exc}); "
+                "check INSPECTION_THRESHOLDS_DB, or INSPECTION_STATE_DIR for the embedded SQLite file"
+            ) from exc
+        return cls(engine, commits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ThresholdStore:
+        return cls.open(database_url(settings))
+
+    def close(self) -> None:
+        self._engine.dispose()
+        if self._commits is not None:
+            self._commits.close()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def active(self, manifest: ModelManifest) -> ThresholdSet:
+        """The set a prediction uses now. On SQLite, the last one read here while nothing at all was
+        committed since; otherwise the newest revision's number is read, and the revision itself
+        only when it changed (revisions never change once written).
+
+        With the database unreachable, the last revision read here is used, and a warning logged.
+        """
+        name = manifest.name
+        last = self._last_active.get(name)
+        try:
+            # Read before the revision: a commit in between only makes the next call look again.
+            commit = self._commits.count() if self._commits is not None else None
+            if last is not None and commit is not None and self._read_at_commit.get(name) == commit:
+                return last
+            with self._engine.connect() as conn:
+                number = conn.execute(_NEWEST_NUMBER, {"model": name}).scalar()
+            unchanged = last is not None and last.revision == number
+            current = last if unchanged else self.current(manifest).threshold_set
+            if commit is not None:
+                self._read_at_commit[name] = commit
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            if last is None:
+                raise
+            if not self._unreachable:
+                self._unreachable = True
+                log.warning("thresholds database unreachable (%s); %s keeps revision %d", exc, name, last.revision)
+            return last
+        if self._unreachable:
+            self._unreachable = False
+            log.warning("thresholds database reachable again")
+        if not unchanged:
+            self._last_active[name] = current
+            inspection_metrics().thresholds_revision.labels(name).set(current.revision)
+        return current
+
+    def current(self, manifest: ModelManifest) -> ThresholdRevision:
+        """The active revision; on first use of a model, its manifest's defaults become revision 1."""
+        with self._engine.connect() as conn:
+            newest = _newest(conn, manifest.name)
+        if newest is not None and _fits(newest, manifest):
+            return newest
+        return self._initialise(manifest, newest)
+
+    def history(self, model: str, limit: int = 50, before: int | None = None) -> list[ThresholdRevision]:
+        """Revisions of `model`, newest first: at most `limit`, only those older than `before` if given."""
+        query = select(revisions).where(revisions.c.model == model)
+        if before is not None:
+            query = query.where(revisions.c.revision < before)
+        query = query.order_by(revisions.c.revision.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [_revision(row) for row in conn.execute(query).mappings()]
+
+    def revision(self, model: str, number: int) -> ThresholdRevision | None:
+        query = select(revisions).where(revisions.c.model == model, revisions.c.revision == number)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _revision(row)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def update(
+        self,
+        manifest: ModelManifest,
+        *,
+        thresholds: Mapping[str, float],
+        nms_iou: float | None,
+        author: str,
+        reason: str,
+        expected_revision: int,
+    ) -> ThresholdRevision:
+        """A new revision: `thresholds` (some or all defect classes) merged onto `expected_revision`.
+
+        Raises InvalidParameters for unknown classes or values outside 0..1, Conflict when
+        `expected_revision` is not the active revision (nothing is written then).
+        """
+        _check_values(manifest, thresholds, nms_iou)
+        if not thresholds and nms_iou is None:
+            raise InvalidParameters("nothing to change: give thresholds and/or nms_iou")
+        base = self._base(manifest, expected_revision)
+        return self._append(
+            manifest,
+            base,
+            RevisionKind.UPDATE,
+            thresholds={**base.thresholds, **{name: float(value) for name, value in thresholds.items()}},
+            nms_iou=base.nms_iou if nms_iou is None else float(nms_iou),
+            author=author,
+            reason=reason,
+        )
+
+    def rollback(
+        self, manifest: ModelManifest, *, to_revision: int, author: str, reason: str, expected_revision: int
+    ) -> ThresholdRevision:
+        """A new revision with the values of an earlier one; history is kept, never rewritten."""
+        base = self._base(manifest, expected_revision)
+        if not 1 <= to_revision < base.revision:
+            raise InvalidParameters(
+                f"to_revision must be an earlier revision of {manifest.name}: 1 to {base.revision - 1}, got {to_revision}"
+            )
+        target = self.revision(manifest.name, to_revision)
+        if target is None:
+            raise InvalidParameters(f"{manifest.name} has no revision {to_revision}")
+        if not _fits(target, manifest):
+            raise InvalidParameters(
+                f"revision {to_revision} covers classes {sorted(target.thresholds)}, but {manifest.ref} has "
+                f"{sorted(manifest.defect_classes)}: it cannot be restored on this model version"
+            )
+        return self._append(
+            manifest,
+            base,
+            RevisionKind.ROLLBACK,
+            thresholds=target.thresholds,
+            nms_iou=target.nms_iou,
+            author=author,
+            reason=reason,
+            restores=to_revision,
+        )
+
+    def _base(self, manifest: ModelManifest, expected_revision: int) -> ThresholdRevision:
+        current = self.current(manifest)
+        if current.revision != expected_revision:
+            raise _stale(manifest.name, expected_revision, current)
+        return current
+
+    def _initialise(self, manifest: ModelManifest, newest: ThresholdRevision | None) -> ThresholdRevision:
+        """Write the manifest's defaults as the next revision: the first use of a model, or a new
+        version whose defect classes differ from those of the stored revisions."""
+        if newest is None:
+            reason = f"defaults of {manifest.ref}"
+        elif newest.model_version < manifest.version:
+            reason = (
+                f"defaults of {manifest.ref}: its classes {sorted(manifest.defect_classes)} differ from those "
+                f"of revision {newest.revision} ({sorted(newest.thresholds)})"
+            )
+        else:
+            # Another worker or replica serves a newer version of this model with other classes.
+            raise RuntimeError(
+                f"thresholds revision {newest.revision} of {manifest.name} was written for version "
+                f"{newest.model_version} with classes {sorted(newest.thresholds)}; this worker serves "
+                f"{manifest.ref}: restart it on the current model version"
+            )
+        try:
+            return self._append(
+                manifest,
+                newest,
+                RevisionKind.INITIAL,
+                thresholds=dict(manifest.thresholds),
+                nms_iou=manifest.nms_iou,
+                author=INITIAL_AUTHOR,
+                reason=reason,
+            )
+        except Conflict:
+            # Another worker initialised it first: theirs is the same set.
+            return self.current(manifest)
+
+    def _append(
+        self,
+        manifest: ModelManifest,
+        base: ThresholdRevision | None,
+        kind: RevisionKind,
+        *,
+        thresholds: Mapping[str, float],
+        nms_iou: float | None,
+        author: str,
+        reason: str,
+        restores: int | None = None,
+    ) -> ThresholdRevision:
+        new = ThresholdRevision(
+            model=manifest.name,
+            revision=1 if base is None else base.revision + 1,
+            kind=kind,
+            thresholds={name: float(thresholds[name]) for name in manifest.defect_classes},
+            nms_iou=nms_iou,
+            model_version=manifest.version,
+            author=author,
+            reason=reason,
+            created_at=datetime.now(UTC),
+            replaces=None if base is None else base.revision,
+            restores=restores,
+        )
+        row = {**new.to_json(), "kind": new.kind.value, "created_at": new.created_at}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(revisions).values(**row))
+        except IntegrityError:
+            with self._engine.connect() as conn:
+                newest = _newest(conn, manifest.name)
+            raise _stale(manifest.name, new.revision - 1, newest) from None
+        metrics = inspection_metrics()
+        metrics.threshold_changes.labels(manifest.name, kind.value).inc()
+        metrics.thresholds_revision.labels(manifest.name).set(new.revision)
+        log.info("%s thresholds revision %d (%s) by %s: %s", manifest.name, new.revision, kind.value, author, reason)
+        return new
+
+
+_NEWEST = (
+    select(revisions).where(revisions.c.model == bindparam("model")).order_by(revisions.c.revision.desc()).limit(1)
+)
+# Every prediction runs this one: built once, and only the primary key is read.
+_NEWEST_NUMBER = (
+    select(revisions.c.revision)
+    .where(revisions.c.model == bindparam("model"))
+    .order_by(revisions.c.revision.desc())
+    .limit(1)
+)
+
+
+class CommitWatch:
+    """Whether anything was committed to an SQLite file since the last look, by any process.
+
+    `PRAGMA data_version` on a connection of its own that never writes: its value changes exactly
+    when another connection commits. A few microseconds, against tens for a query through the pool.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # predictions read it from several decode threads
+
+    def count(self) -> int:
+        with self._lock:
+            if self._connection is None:
+                self._connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            return self._connection.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+def _newest(conn: Connection, model: str) -> ThresholdRevision | None:
+    row = conn.execute(_NEWEST, {"model": model}).mappings().first()
+    return None if row is None else _revision(row)
+
+
+def _revision(row: Mapping[str, Any]) -> ThresholdRevision:
+    created_at = row["created_at"]
+    if created_at.tzinfo is None:  # SQLite keeps no zone; every time written here is UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return ThresholdRevision(
+        model=row["model"],
+        revision=row["revision"],
+        kind=RevisionKind(row["kind"]),
+        thresholds={name: float(value) for name, value in row["thresholds"].items()},
+        nms_iou=row["nms_iou"],
+        model_version=row["model_version"],
+        author=row["author"],
+        reason=row["reason"],
+        created_at=created_at,
+        replaces=row["replaces"],
+        restores=row["restores"],
+    )
+
+
+def _fits(revision: ThresholdRevision, manifest: ModelManifest) -> bool:
+    """Whether a stored set can drive this model: the same defect classes, and an NMS IoU iff a detector."""
+    return set(revision.thresholds) == set(manifest.defect_classes) and (revision.nms_iou is not None) == (
+        manifest.task is Task.DETECTION
+    )
+
+
+def _check_values(manifest: ModelManifest, thresholds: Mapping[str, float], nms_iou: float | None) -> None:
+    unknown = sorted(set(thresholds) - set(manifest.defect_classes))
+    if unknown:
+        raise InvalidParameters(
+            f"thresholds name unknown defect classes {unknown}; {manifest.name}'s are {manifest.defect_classes}"
+        )
+    outside = {name: value for name, value in thresholds.items() if not (math.isfinite(value) and 0.0 <= value <= 1.0)}
+    if outside:
+        raise InvalidParameters(f"thresholds must lie between 0 and 1, got {outside}")
+    if nms_iou is not None:
+        if manifest.task is not Task.DETECTION:
+            raise InvalidParameters(f"nms_iou applies to detection models only; {manifest.name} is {manifest.task}")
+        if not (math.isfinite(nms_iou) and 0.0 <= nms_iou <= 1.0):
+            raise InvalidParameters(f"nms_iou must lie between 0 and 1, got {nms_iou}")
+
+
+def _stale(model: str, expected: int, current: ThresholdRevision | None) -> Conflict:
+    now = current.revision if current is not None else "none"
+    by = f" (by {current.author}: {current.reason})" if current is not None else ""
+    return Conflict(
+        f"thresholds of {model} are at revision {now}{by}, not {expected}: another change came first; "
+        f"read them again, redo your change on revision {now} and send expected_revision {now}"
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (every prediction) never wait for a writer. FULL: a commit is on disk before it is acknowledged.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def _create_table(engine: Engine) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(CreateTable(revisions, if_not_exists=True))
+    except DBAPIError:
+        # Workers and replicas start together; PostgreSQL can refuse a racing CREATE even with IF NOT EXISTS.
+        if not inspect(engine).has_table(revisions.name):
+            raise
