@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from service.manifest import ModelManifest, OutputDecoder, Quality, Task
 from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref, version_numbers
+from service.thresholds.rules import parse_class_values
 
 from .errors import ExportError, validation_message
 
@@ -50,7 +51,10 @@ _MODEL_OPTIONS = {
     "std": ("--std", "per-channel std after scaling, comma-separated"),
     "scale": ("--scale", "pixel scale applied before mean/std (default 1/255)"),
     "resize": ("--resize", "stretch (default) or letterbox"),
-    "thresholds": ("--thresholds", "default per-class thresholds, e.g. crack=0.3,porosity=0.6 (others 0.5)"),
+    "thresholds": (
+        "--thresholds",
+        "default thresholds, per class (crack=0.3,porosity=0.6; others 0.5) or one for every class (0.25)",
+    ),
     "nms_iou": ("--nms-iou", "default NMS IoU for detectors (default 0.5)"),
     "max_detections": ("--max-detections", "most detections per image (default 100)"),
     "description": ("--description", "one line shown with the model"),
@@ -336,11 +340,14 @@ def _request(
         raise ExportError("missing --decoder: detection graphs are read with yolo or boxes_scores_labels")
     mean = _require(fields, "mean", _numbers)
     height, width = _parse(fields, "input_size", _size) or input_size or _missing("input_size")
+    classes = _require(fields, "classes", _names)
+    background_class = _parse(fields, "background_class", str)
+    defects = [name for name in classes if name != background_class]
     return ExportRequest(
         name=_require(fields, "name", str),
         task=task,
-        classes=_require(fields, "classes", _names),
-        background_class=_parse(fields, "background_class", str),
+        classes=classes,
+        background_class=background_class,
         channels=_parse(fields, "channels", int, default=len(mean) if channels is None else channels),
         height=height,
         width=width,
@@ -349,7 +356,7 @@ def _request(
         std=_require(fields, "std", _numbers),
         decoder=decoder,
         scale=_parse(fields, "scale", _fraction, default=1 / 255),
-        thresholds=_parse(fields, "thresholds", _thresholds),
+        thresholds=_parse(fields, "thresholds", lambda value: _thresholds(value, defects)),
         nms_iou=_parse(fields, "nms_iou", _fraction),
         max_detections=_parse(fields, "max_detections", int, default=100),
         description=_parse(fields, "description", str, default=""),
@@ -419,8 +426,8 @@ def _size(value: Any) -> tuple[int, int]:
     return height, width
 
 
-def _thresholds(value: Any) -> dict[str, float]:
+def _thresholds(value: Any, defect_classes: list[str]) -> dict[str, float]:
+    """`crack=0.3,porosity=0.6` (or `crack:0.3`), one value for every defect class, or a JSON object."""
     if isinstance(value, dict):
         return {str(name): _fraction(threshold) for name, threshold in value.items()}
-    pairs = [item.split("=") for item in _items(value)]
-    return {name.strip(): _fraction(threshold) for name, threshold in pairs}
+    return parse_class_values(",".join(str(item) for item in _items(value)), defect_classes)

@@ -39,6 +39,7 @@ from service.manifest import (
     Task,
 )
 from service.model_store import ModelVersion
+from service.thresholds.rules import check_thresholds
 
 from .errors import ExportError, reason, validation_message
 from .outputs import OUTPUT_NAMES, check_outputs
@@ -104,9 +105,10 @@ def build_manifest(
     """The manifest for `request`, validated; version 1 stands in until the store assigns one."""
     defects = [c for c in request.classes if c != request.background_class]
     given = request.thresholds or {}
-    unknown = sorted(set(given) - set(defects))
-    if unknown:
-        raise ExportError(f"thresholds name classes that are not defect classes: {', '.join(unknown)}")
+    try:
+        check_thresholds(given, defects)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     nms_iou = request.nms_iou
     if nms_iou is None and request.task is Task.DETECTION:
         nms_iou = DEFAULT_NMS_IOU

@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.thresholds.rules import check_thresholds
+
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -141,14 +143,10 @@ class ModelManifest(_Strict):
         if self.output.decoder not in TASK_DECODERS[self.task]:
             allowed = ", ".join(sorted(TASK_DECODERS[self.task]))
             raise ValueError(f"decoder {self.output.decoder} does not fit task {self.task} (use {allowed})")
-        unknown = set(self.thresholds) - set(self.defect_classes)
-        if unknown:
-            raise ValueError(f"thresholds name classes that are not defect classes: {sorted(unknown)}")
+        check_thresholds(self.thresholds, self.defect_classes)
         missing = set(self.defect_classes) - set(self.thresholds)
         if missing:
             raise ValueError(f"thresholds missing for defect classes: {sorted(missing)}")
-        if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
-            raise ValueError("thresholds must lie between 0 and 1")
         if self.task is Task.DETECTION and self.nms_iou is None:
             raise ValueError("detection models need a default nms_iou")
         return self

@@ -7,12 +7,13 @@ carry them the same way: `?thresholds=crack:0.3,porosity:0.6&classes=crack`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from service.errors import InvalidParameters
 from service.manifest import ModelManifest, Task
+from service.thresholds.rules import is_threshold, parse_class_values, unknown_classes
 
 MaskFormat = Literal["rle", "png"]
 
@@ -30,7 +31,8 @@ class PredictionOptions:
 QUERY_PARAMETERS: dict[str, tuple[dict, str]] = {
     "thresholds": (
         {"type": "string", "example": "crack:0.3,porosity:0.6"},
-        "Per-class threshold overrides for this request.",
+        "Threshold overrides for this request: per class (`crack:0.3,porosity:0.6` or `crack=0.3`), or one "
+        "value for every defect class (`0.25`).",
     ),
     "classes": ({"type": "string", "example": "crack"}, "Report only these defect classes."),
     "nms_iou": ({"type": "number", "minimum": 0, "maximum": 1}, "Detection: NMS IoU override."),
@@ -44,9 +46,9 @@ def parse_options(manifest: ModelManifest, query: Mapping[str, str]) -> Predicti
     unknown = sorted(set(query) - set(QUERY_PARAMETERS))
     if unknown:
         raise InvalidParameters(f"unknown query parameters {unknown}; accepted: {', '.join(QUERY_PARAMETERS)}")
-    defect_classes = set(manifest.defect_classes)
+    defect_classes = manifest.defect_classes
     thresholds = query.get("thresholds")
-    overrides = _parse_thresholds(thresholds, defect_classes) if thresholds else {}
+    overrides = _thresholds(thresholds, defect_classes) if thresholds else {}
     class_filter = None
     if classes := query.get("classes"):
         class_filter = frozenset(c.strip() for c in classes.split(",") if c.strip())
@@ -55,7 +57,7 @@ def parse_options(manifest: ModelManifest, query: Mapping[str, str]) -> Predicti
     if nms_iou is not None:
         if manifest.task is not Task.DETECTION:
             raise InvalidParameters("nms_iou applies to detection models only")
-        if not 0.0 <= nms_iou <= 1.0:
+        if not is_threshold(nms_iou):
             raise InvalidParameters(f"nms_iou must lie between 0 and 1, got {nms_iou}")
     max_detections = _number(query, "max_detections", int)
     if max_detections is not None:
@@ -88,27 +90,15 @@ def _number(query: Mapping[str, str], name: str, kind: type[int] | type[float]) 
     return value
 
 
-def _parse_thresholds(text: str, defect_classes: set[str]) -> dict[str, float]:
-    """`crack:0.3,porosity:0.6` (or `crack=0.3,...`, as on the command line) -> {"crack": 0.3, ...}."""
-    values: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.strip().replace("=", ":", 1).partition(":")
-        if not sep:
-            raise InvalidParameters(f"thresholds must look like 'crack:0.3,porosity:0.6', got {item.strip()!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise InvalidParameters(f"threshold for {name!r} is not a number: {value!r}") from None
-        if not 0.0 <= number <= 1.0:
-            raise InvalidParameters(f"threshold for {name!r} must lie between 0 and 1, got {number}")
-        values[name.strip()] = number
-    _check_known(values, defect_classes, "thresholds")
-    return values
+def _thresholds(text: str, defect_classes: list[str]) -> dict[str, float]:
+    try:
+        return parse_class_values(text, defect_classes)
+    except ValueError as exc:
+        raise InvalidParameters(str(exc)) from None
 
 
-def _check_known(names, defect_classes: set[str], what: str) -> None:
-    unknown = sorted(set(names) - defect_classes)
-    if unknown:
-        raise InvalidParameters(
-            f"{what} names unknown defect classes {unknown}; this model's are {sorted(defect_classes)}"
-        )
+def _check_known(names: Iterable[str], defect_classes: list[str], what: str) -> None:
+    try:
+        unknown_classes(names, defect_classes, what)
+    except ValueError as exc:
+        raise InvalidParameters(str(exc)) from None

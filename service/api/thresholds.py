@@ -37,7 +37,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.served_models import ServedModels
-from service.thresholds.rules import RevisionNumber, ThresholdValue
+from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import Progress, SweepTally
 
@@ -281,7 +281,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         models = served_models()
         predictor = models.get(model)
         manifest = predictor.manifest
-        wanted = _parse_targets(targets) if targets else {}
+        wanted = _parse_targets(targets, manifest.defect_classes) if targets else {}
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ZIP_TYPES:
             raise UnsupportedMediaType(
@@ -325,16 +325,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
     return router
 
 
-def _parse_targets(text: str) -> dict[str, float]:
-    """`crack:0.99,porosity:0.9` -> {"crack": 0.99, "porosity": 0.9}."""
-    targets = {}
-    for item in text.split(","):
-        name, sep, value = item.strip().partition(":")
-        try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if not sep or not 0.0 <= number <= 1.0:
-            raise InvalidParameters(f"targets look like 'crack:0.99' with a recall from 0 to 1, got {item.strip()!r}")
-        targets[name.strip()] = number
-    return targets
+def _parse_targets(text: str, defect_classes: list[str]) -> dict[str, float]:
+    """`crack:0.99,porosity:0.9` -> {"crack": 0.99, "porosity": 0.9}: a target recall per class."""
+    try:
+        return parse_class_values(text, defect_classes, "targets")
+    except ValueError as exc:
+        raise InvalidParameters(str(exc)) from None

@@ -22,7 +22,6 @@ on PostgreSQL by reading the newest revision number (one primary-key lookup).
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -58,7 +57,7 @@ from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest, Task
 from service.metrics import inspection_metrics
-from service.thresholds.rules import ThresholdSet
+from service.thresholds.rules import ThresholdSet, check_thresholds, is_threshold
 
 log = logging.getLogger(__name__)
 
@@ -447,18 +446,14 @@ def _fits(revision: ThresholdRevision, manifest: ModelManifest) -> bool:
 
 
 def _check_values(manifest: ModelManifest, thresholds: Mapping[str, float], nms_iou: float | None) -> None:
-    unknown = sorted(set(thresholds) - set(manifest.defect_classes))
-    if unknown:
-        raise InvalidParameters(
-            f"thresholds name unknown defect classes {unknown}; {manifest.name}'s are {manifest.defect_classes}"
-        )
-    outside = {name: value for name, value in thresholds.items() if not (math.isfinite(value) and 0.0 <= value <= 1.0)}
-    if outside:
-        raise InvalidParameters(f"thresholds must lie between 0 and 1, got {outside}")
+    try:
+        check_thresholds(thresholds, manifest.defect_classes)
+    except ValueError as exc:
+        raise InvalidParameters(f"{manifest.name}: {exc}") from None
     if nms_iou is not None:
         if manifest.task is not Task.DETECTION:
             raise InvalidParameters(f"nms_iou applies to detection models only; {manifest.name} is {manifest.task}")
-        if not (math.isfinite(nms_iou) and 0.0 <= nms_iou <= 1.0):
+        if not is_threshold(nms_iou):
             raise InvalidParameters(f"nms_iou must lie between 0 and 1, got {nms_iou}")
 
 

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from service.manifest import ModelManifest
+from service.thresholds.rules import parse_class_values
 from service.thresholds.samples import FolderFiles, LabelledImage, SampleSetError, read_samples
 from service.thresholds.sweep import POSITIVE_DEFINITIONS, ClassTuning, Progress, SweepTally, TuningReport
 
@@ -206,15 +207,12 @@ def _ok(response: httpx.Response, what: str = "") -> dict[str, Any]:
 
 
 def _target(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
     try:
-        recall = float(value)
-    except ValueError:
-        recall = -1.0
-    if not sep or not 0.0 <= recall <= 1.0:
+        ((name, recall),) = parse_class_values(text, None, "a target").items()
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"expected CLASS=RECALL with RECALL from 0 to 1, e.g. crack=0.99; got {text!r}"
-        )
+            f"expected CLASS=RECALL with RECALL from 0 to 1, e.g. crack=0.99: {exc}"
+        ) from None
     return name, recall
 
 

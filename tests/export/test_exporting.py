@@ -242,8 +242,11 @@ def test_input_size_the_model_cannot_run_is_refused(tmp_path: Path) -> None:
         ({"height": 4}, r"^height: Input should be greater than or equal to 8$"),
         ({"decoder": "yolo"}, r"^decoder yolo does not fit task classification \(use sigmoid, softmax\)$"),
         ({"task": "tracking"}, r"^unknown task 'tracking': use one of classification, detection, segmentation$"),
-        ({"thresholds": {"spatter": 0.2}}, r"^thresholds name classes that are not defect classes: spatter$"),
-        ({"thresholds": {"crack": 1.5}}, r"^thresholds must lie between 0 and 1$"),
+        (
+            {"thresholds": {"spatter": 0.2}},
+            r"^thresholds names unknown defect classes \['spatter'\]; the model's are \['porosity', 'crack', 'undercut'\]$",
+        ),
+        ({"thresholds": {"crack": 1.5}}, r"^thresholds must lie between 0 and 1, got \{'crack': 1.5\}$"),
         ({"background_class": "slag"}, r"^background_class 'slag' is not one of the classes$"),
         ({"mean": (0.5, 0.5)}, r"^mean and std need 3 value\(s\), one per channel$"),
     ],
