@@ -13,12 +13,25 @@ a worker's figures would never reach the aggregated /metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
-STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess")
+
+
+class Stage(StrEnum):
+    """The request path's stages, as the stage histogram labels them."""
+
+    DECODE = "decode"
+    PREPROCESS = "preprocess"
+    QUEUE_WAIT = "queue_wait"  # waiting for a batch slot
+    INFERENCE = "inference"  # the batch's run
+    POSTPROCESS = "postprocess"
+
+
+STAGES = tuple(stage.value for stage in Stage)
 UNKNOWN_MODEL = "unknown"
 
 

@@ -202,7 +202,6 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     @predictions.post(
         "/v1/models/{model}/predict",
         response_model=Prediction,
-        response_model_exclude_none=True,
         responses=_ERRORS,
         openapi_extra=_PREDICT_REQUEST,
         summary="Inspect one image",

@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from service.errors import InvalidParameters
 from service.manifest import ModelManifest, Task
+from service.pipeline.postprocess.segmentation import MaskFormat
 from service.thresholds.rules import is_threshold, parse_class_values, unknown_classes
-
-MaskFormat = Literal["rle", "png"]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 from service.api.query import PredictionOptions
 from service.config import Settings
 from service.manifest import ModelManifest, Task
-from service.metrics import inspection_metrics
+from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
 from service.pipeline.decode import decode_image
@@ -137,11 +137,11 @@ class Predictor:
         metrics = inspection_metrics()
         name = self.manifest.name
         for stage, seconds in (
-            ("decode", prepared.decode_s),
-            ("preprocess", prepared.preprocess_s),
-            ("queue_wait", batched.queue_wait_s),
-            ("inference", batched.inference_s),
-            ("postprocess", postprocess_s),
+            (Stage.DECODE, prepared.decode_s),
+            (Stage.PREPROCESS, prepared.preprocess_s),
+            (Stage.QUEUE_WAIT, batched.queue_wait_s),
+            (Stage.INFERENCE, batched.inference_s),
+            (Stage.POSTPROCESS, postprocess_s),
         ):
             metrics.stage_duration.labels(name, stage).observe(seconds)
         metrics.decisions.labels(name, answer["decision"]).inc()

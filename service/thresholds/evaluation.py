@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.pipeline.geometry import box_iou
+
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts indexed [true class, predicted class], for image labels or mask pixels alike."""
@@ -43,20 +45,6 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
     union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
     with np.errstate(invalid="ignore", divide="ignore"):
         return true_positive / union
-
-
-def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(n, 4) and (m, 4) xyxy boxes -> (n, m) intersection over union."""
-    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(others, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    union = area_a[:, None] + area_b[None, :] - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, intersection / union, 0.0)
 
 
 def match_detections(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from service.manifest import ModelManifest, OutputDecoder, Task
-from service.pipeline.geometry import Geometry
+from service.pipeline.geometry import Geometry, box_iou
 from service.pipeline.postprocess.decision import (
     PIXEL_DIGITS,
     SCORE_DIGITS,
@@ -84,17 +84,12 @@ class Detections:
         # Shifting each class into its own far-apart region makes one NMS pass class-aware.
         low, span = boxes.min(), boxes.max() - boxes.min() + 1.0
         boxes += (self.class_id[order] * span)[:, None] - low
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep: list[int] = []
         remaining = np.arange(len(order))
         while remaining.size and len(keep) < max_detections:
             best, rest = remaining[0], remaining[1:]
             keep.append(best)
-            top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
-            bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
-            inter = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=1)
-            overlap = inter / np.maximum(areas[best] + areas[rest] - inter, np.finfo(np.float64).tiny)
-            remaining = rest[overlap <= iou]
+            remaining = rest[box_iou(boxes[best], boxes[rest])[0] <= iou]
         return self._select(order[keep])
 
     def to_original(self, geometry: Geometry) -> Detections:

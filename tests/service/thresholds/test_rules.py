@@ -9,7 +9,9 @@ from tests.service.manifests import DEFECTS, classifier_manifest
 
 def test_both_separators_read_the_same():
     assert parse_class_values("crack:0.3, porosity=0.6", DEFECTS) == {"crack": 0.3, "porosity": 0.6}
-    assert parse_class_values("crack=0.3,porosity:0.6", DEFECTS) == parse_class_values("crack:0.3,porosity:0.6", DEFECTS)
+    assert parse_class_values("crack=0.3,porosity:0.6", DEFECTS) == parse_class_values(
+        "crack:0.3,porosity:0.6", DEFECTS
+    )
 
 
 def test_one_value_sets_every_defect_class():
