@@ -156,8 +156,9 @@ class Settings(BaseSettings):
     def _body_timeout_within_request_timeout(self) -> Settings:
         if self.body_timeout_s >= self.request_timeout_s:
             raise ValueError(
-                f"INSPECTION_BODY_TIMEOUT_S ({self.body_timeout_s:g}) must be shorter than INSPECTION_REQUEST_TIMEOUT_S "
-                f"({self.request_timeout_s}): a stalled upload should answer 408 before the request times out"
+                f"INSPECTION_BODY_TIMEOUT_S ({self.body_timeout_s:g}) must be shorter than "
+                f"INSPECTION_REQUEST_TIMEOUT_S ({self.request_timeout_s}): a stalled upload should answer 408 "
+                "before the request times out"
             )
         return self
 

@@ -26,14 +26,6 @@ _PR_SET_PDEATHSIG = 1
 _PARENT_AT_IMPORT = os.getppid()
 log = logging.getLogger(__name__)
 settings = get_settings()
-# Each worker listens on a socket of its own (see `listening`): set up before BentoML's worker
-# starts serving on the descriptor it was handed, or, in the `bentoml serve` process, before it
-# opens the socket that it hands them.
-_fd = worker_argument(sys.argv, "--fd")
-if _fd is None:
-    bind_server_socket_for_workers()
-else:
-    listen_in_this_worker(_fd, worker_argument(sys.argv, "--backlog") or 2048)
 # BentoML opens an OpenTelemetry span per request even though, unless tracing is configured, it
 # samples none of them; and its request timeout keeps each request's context, span included,
 # alive for the whole timeout. Off unless asked for: set OTEL_SDK_DISABLED=false with tracing.
@@ -42,9 +34,15 @@ tracing_off = os.environ["OTEL_SDK_DISABLED"].strip().lower() == "true"
 # BentoML's log handlers print INFO, but loggers it did not set up stay at WARNING:
 # without this, which provider each model runs on and sweep progress would not show.
 logging.getLogger("service").setLevel(logging.INFO)
-# Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve`
-# here, with their message, instead of leaving a server whose workers cannot start.
-ServedModels.preflight(settings)
+_fd = worker_argument(sys.argv, "--fd")
+if _fd is None:  # the `bentoml serve` process
+    # Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve` here,
+    # with their message, instead of leaving a server whose workers cannot start.
+    ServedModels.preflight(settings)
+    # Each worker listens on a socket of its own (see `listening`): the server's only holds the port.
+    bind_server_socket_for_workers()
+else:  # a worker, before BentoML starts serving on the descriptor it was handed
+    listen_in_this_worker(_fd, worker_argument(sys.argv, "--backlog") or 2048)
 
 
 def die_with_server() -> None:

@@ -68,9 +68,13 @@ async def read_body(
     received = 0
     loop = asyncio.get_running_loop()
     try:
+        moved_at = loop.time()
         async with asyncio.timeout(idle_timeout_s) as idle:
             async for chunk in request.stream():
-                idle.reschedule(loop.time() + idle_timeout_s)
+                now = loop.time()
+                if now - moved_at > 0.1 * idle_timeout_s:  # moving the timer at every chunk costs CPU
+                    idle.reschedule(now + idle_timeout_s)
+                    moved_at = now
                 received += len(chunk)
                 if received > limit:
                     raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes ({setting})")

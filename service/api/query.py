@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidParameters
 from service.manifest import ModelManifest, Task
-from service.pipeline.postprocess.segmentation import MaskFormat
+from service.pipeline.heads import PredictionOptions
 from service.thresholds.rules import is_threshold, parse_class_values, unknown_classes
-
-
-@dataclass(frozen=True)
-class PredictionOptions:
-    thresholds: dict[str, float]  # overrides of the active per-class thresholds
-    nms_iou: float | None = None
-    classes: frozenset[str] | None = None  # report only these defect classes
-    max_detections: int | None = None
-    mask_format: MaskFormat = "rle"
-
 
 # name -> (OpenAPI schema, description); the query parameters a prediction accepts.
 QUERY_PARAMETERS: dict[str, tuple[dict, str]] = {

@@ -24,7 +24,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.body import read_body
-from service.api.query import PredictionOptions
 from service.api.schemas import ErrorResponse
 from service.config import Settings
 from service.errors import (
@@ -36,6 +35,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.pipeline.heads import PredictionOptions
 from service.served_models import ServedModels
 from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples

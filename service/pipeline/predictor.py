@@ -19,15 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from service.api.query import PredictionOptions
 from service.config import Settings
-from service.manifest import ModelManifest, Task
+from service.manifest import ModelManifest
 from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
 from service.pipeline.decode import decode_image
 from service.pipeline.geometry import Geometry
-from service.pipeline.postprocess import postprocess_classification, postprocess_detection, postprocess_segmentation
+from service.pipeline.heads import HEADS, PredictionOptions
 from service.pipeline.preprocess import to_batch, to_model_input
 from service.pipeline.runtime import InferenceSession
 from service.thresholds.rules import ThresholdSet, resolve
@@ -49,6 +48,7 @@ ActiveThresholds = Callable[[ModelManifest], ThresholdSet]
 class Predictor:
     def __init__(self, version: ModelVersion, session: InferenceSession, settings: Settings, pool: Executor) -> None:
         self.manifest: ModelManifest = version.manifest
+        self._head = HEADS[self.manifest.task]
         self.session = session
         self._max_pixels = settings.max_pixels
         self._pool = pool
@@ -71,7 +71,7 @@ class Predictor:
         batched = await self._batcher.submit(prepared.tensor)
         thresholds = resolve(prepared.active, options.thresholds, options.nms_iou)
         started = time.perf_counter()
-        if self.manifest.task is Task.CLASSIFICATION:
+        if self._head.on_event_loop:
             answer = self._postprocess(batched.outputs, prepared.geometry, options, thresholds)
         else:
             answer = await loop.run_in_executor(
@@ -106,22 +106,7 @@ class Predictor:
         self, outputs: list[np.ndarray], geometry: Geometry, options: PredictionOptions, thresholds: ThresholdSet
     ) -> dict[str, Any]:
         manifest = self.manifest
-        if manifest.task is Task.CLASSIFICATION:
-            result = postprocess_classification(outputs[0], manifest, thresholds.values, options.classes)
-        elif manifest.task is Task.DETECTION:
-            result = postprocess_detection(
-                outputs,
-                geometry,
-                manifest,
-                thresholds.values,
-                nms_iou=thresholds.nms_iou,
-                max_detections=options.max_detections,
-                class_filter=options.classes,
-            )
-        else:
-            result = postprocess_segmentation(
-                outputs[0], geometry, manifest, thresholds.values, options.mask_format, options.classes
-            )
+        result = self._head.postprocess(outputs, geometry, manifest, thresholds, options)
         return {
             "model": manifest.name,
             "model_version": manifest.version,

@@ -95,8 +95,9 @@ def _preload_gpu_libraries() -> None:
     """Load CUDA, cuDNN and TensorRT from their pip packages, where installed, so that onnxruntime's
     provider libraries find them by name (they are not on the loader's path)."""
     if hasattr(ort, "preload_dlls"):
-        # It prints a line for every library it cannot find: the probe below names the first one.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # Best effort: it prints a line for every library it cannot find, and the probe that follows
+        # names the first missing one itself.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
             ort.preload_dlls()
     spec = importlib.util.find_spec("tensorrt_libs")
     folders = list(spec.submodule_search_locations or []) if spec else []

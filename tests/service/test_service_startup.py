@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from export.synthetic import encode_image, generate_weld
 from service.pipeline.providers import nvidia_device_present
 from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
+from tests.service.clients import predict
 
 
 def serve_expecting_failure(tmp_path, **settings) -> subprocess.CompletedProcess:
@@ -97,16 +98,9 @@ def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_do
         for i, label in enumerate(["crack", "porosity", "undercut", "no_defect"] * 4)
     ]
 
-    def scores(url: str) -> list[dict]:
+    def scores(server) -> list[dict]:
         def send(frame: bytes) -> dict:
-            response = httpx.post(
-                f"{url}/v1/models/weld-classifier/predict",
-                content=frame,
-                headers={"Content-Type": "image/jpeg"},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-            return response.json()["scores"]
+            return predict(server, "weld-classifier", frame)["scores"]
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             return list(pool.map(send, frames))
@@ -123,10 +117,10 @@ def test_fixed_batch_shapes_are_warmed_up_before_ready_and_answer_as_any_size_do
         )
         described = httpx.get(f"{fixed.url}/v1/models/weld-classifier").json()
         assert described["batch_sizes"] == [1, 2, 4]
-        padded = scores(fixed.url)
+        padded = scores(fixed)
         text = httpx.get(f"{fixed.url}/metrics").text
     assert httpx.get(f"{server.url}/v1/models/weld-classifier").json()["batch_sizes"] is None
-    plain = scores(server.url)
+    plain = scores(server)
     for got, want in zip(padded, plain, strict=True):
         assert got.keys() == want.keys()
         assert all(abs(got[k] - want[k]) <= 2e-6 for k in got), (got, want)

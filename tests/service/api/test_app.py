@@ -13,32 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
 from export.synthetic import SEGMENTATION_CLASSES, encode_image, generate_weld
-from service.api.schemas import ErrorResponse, ModelDescription, Prediction
+from service.api.schemas import ModelDescription
+from tests.service.clients import error_of, post, predict
 
 CLASSIFIER, DETECTOR, SEGMENTER = "weld-classifier", "weld-detector", "weld-segmenter"
-
-
-def post(server, model: str, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
-    return httpx.post(
-        f"{server.url}/v1/models/{model}/predict",
-        content=data,
-        headers={"Content-Type": content_type},
-        params=params,
-        timeout=60,
-    )
-
-
-def predict(server, model: str, data: bytes, **params) -> dict:
-    response = post(server, model, data, **params)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    Prediction.model_validate(body)
-    return body
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    return ErrorResponse.model_validate(response.json()).error.code
 
 
 def box_iou(a, b) -> float:

@@ -12,6 +12,7 @@ from service.pipeline.preprocess import to_batch
 from service.pipeline.providers import CPU, CUDA, TENSORRT, probe_host_gpu
 from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
 from tests.conftest import MODEL_STORE, running_server
+from tests.service.clients import predict
 from tests.service.pipeline.inputs import model_inputs
 
 pytestmark = pytest.mark.gpu
@@ -42,14 +43,7 @@ def test_a_server_on_cuda_runs_warmed_fixed_shapes_and_answers_as_on_cpu(tmp_pat
     for provider in ("cuda", "cpu"):
         with running_server(tmp_path / provider, provider=provider, models="weld-classifier") as server:
             described = httpx.get(f"{server.url}/v1/models/weld-classifier").json()
-            response = httpx.post(
-                f"{server.url}/v1/models/weld-classifier/predict",
-                content=frame,
-                headers={"Content-Type": "image/jpeg"},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-            answers[provider] = (described, response.json())
+            answers[provider] = (described, predict(server, "weld-classifier", frame))
     described, on_gpu = answers["cuda"]
     assert described["provider"] == CUDA and described["batch_sizes"] == [1, 2, 4, 8]
     assert answers["cpu"][0]["batch_sizes"] is None
