@@ -38,7 +38,7 @@ class ServedModels:
             settings.workers,
             settings.decode_threads,
             settings.inference_threads,
-            f"batch sizes {batch_buckets(settings.max_batch_size)}"
+            f"batch sizes {', '.join(map(str, batch_buckets(settings.max_batch_size)))}"
             if settings.fixed_batch_shapes
             else "any batch size",
         )
