@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from service.config import Settings
 from service.errors import UnknownModel
@@ -91,22 +90,6 @@ class ServedModels:
 
     def names(self) -> list[str]:
         return sorted(self._predictors)
-
-    def describe(self, name: str) -> dict[str, Any]:
-        predictor = self.get(name)
-        manifest = predictor.manifest
-        active = self.thresholds.active(manifest)
-        return {
-            "name": manifest.name,
-            "version": manifest.version,
-            "task": manifest.task.value,
-            "classes": manifest.classes,
-            "background_class": manifest.background_class,
-            "provider": predictor.provider,
-            "batch_sizes": list(sizes) if (sizes := predictor.session.batch_sizes) else None,
-            "thresholds": {"revision": active.revision, "values": active.values, "nms_iou": active.nms_iou},
-            "manifest": manifest.model_dump(mode="json"),
-        }
 
     def close(self) -> None:
         for predictor in self._predictors.values():

@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if RELIABILITY in item.path.parents:
             item.add_marker(pytest.mark.reliability)
+        item.add_marker(_tier(item))
     host = probe_host_gpu()
     if host.runs(CUDA):
         return
@@ -39,6 +40,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _tier(item: pytest.Item) -> pytest.MarkDecorator:
+    """`e2e` for tests that start a real server (or use the shared one), `api` for the app run in-process,
+    `unit` for the rest: `pytest -m unit` runs in seconds."""
+    fixtures = getattr(item, "fixturenames", ())
+    module = getattr(item, "module", None)
+    if "server" in fixtures or (module is not None and "running_server" in vars(module)):
+        return pytest.mark.e2e
+    if "api" in fixtures:
+        return pytest.mark.api
+    return pytest.mark.unit
 
 
 def postgres_url() -> str:

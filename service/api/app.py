@@ -22,7 +22,7 @@ from service.api.admission import Admission
 from service.api.body import IMAGE_FIELD, read_image_bytes
 from service.api.limits import RequestLimits
 from service.api.query import QUERY_PARAMETERS, parse_options
-from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction
+from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction, ThresholdsView
 from service.api.thresholds import thresholds_router
 from service.config import Settings
 from service.errors import (
@@ -135,6 +135,25 @@ def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRo
     return MeteredPredictions
 
 
+def describe(models: ServedModels, name: str) -> ModelDescription:
+    """A served model: its manifest, the provider and batch sizes it runs at, its active thresholds."""
+    predictor = models.get(name)
+    manifest = predictor.manifest
+    active = models.thresholds.active(manifest)
+    sizes = predictor.session.batch_sizes
+    return ModelDescription(
+        name=manifest.name,
+        version=manifest.version,
+        task=manifest.task.value,
+        classes=manifest.classes,
+        background_class=manifest.background_class,
+        provider=predictor.provider,
+        batch_sizes=list(sizes) if sizes else None,
+        thresholds=ThresholdsView(revision=active.revision, values=active.values, nms_iou=active.nms_iou),
+        manifest=manifest.model_dump(mode="json"),
+    )
+
+
 def latency_budget_s(request: Request) -> float | None:
     """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
     given = request.headers.get(LATENCY_BUDGET_HEADER)
@@ -189,13 +208,13 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     # These read the active thresholds from the database: plain functions, so that FastAPI runs them
     # in its thread pool, off the event loop that carries the predictions (as the thresholds routes).
     @app.get("/v1/models", response_model=ModelList, summary="Served models")
-    def list_models() -> dict:
+    def list_models() -> ModelList:
         models = served_models()
-        return {"models": [models.describe(name) for name in models.names()]}
+        return ModelList(models=[describe(models, name) for name in models.names()])
 
     @app.get("/v1/models/{model}", response_model=ModelDescription, responses={404: _ERRORS[404]})
-    def describe_model(model: str) -> dict:
-        return served_models().describe(model)
+    def describe_model(model: str) -> ModelDescription:
+        return describe(served_models(), model)
 
     predictions = APIRouter(route_class=metered_predictions(served_models))
 

@@ -37,6 +37,7 @@ from service.errors import (
 )
 from service.pipeline.heads import PredictionOptions
 from service.served_models import ServedModels
+from service.thresholds.report import SweepReport
 from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import Progress, SweepTally
@@ -66,6 +67,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 class ThresholdRevisionView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the store's ThresholdRevision
+
     model: str = Field(examples=["weld-classifier"])
     revision: int = Field(description="Numbered from 1 per model; the highest is active.", examples=[3])
     kind: str = Field(description="initial (a manifest's defaults), update or rollback.", examples=["update"])
@@ -121,65 +124,6 @@ class ThresholdRollback(_Write):
     to_revision: RevisionNumber = Field(description="The earlier revision whose values come back.", examples=[1])
 
 
-class SweepPoint(BaseModel):
-    threshold: float
-    precision: float | None = Field(description="TP / (TP + FP); null when nothing is flagged.")
-    recall: float | None = Field(description="TP / (TP + FN); null without labelled positives.")
-    f1: float | None
-    tp: int
-    fp: int
-    fn: int
-
-
-class ProposedPoint(SweepPoint):
-    basis: str = Field(
-        description="target_recall: the highest threshold meeting the target; max_f1: the best F1; "
-        "unchanged: no labelled positives, the active value is kept."
-    )
-    target_recall: float | None
-    target_met: bool | None
-
-
-class SweepCurve(BaseModel):
-    thresholds: list[float]
-    precision: list[float | None]
-    recall: list[float | None]
-    f1: list[float | None]
-    tp: list[int]
-    fp: list[int]
-    fn: list[int]
-
-
-class ClassSweep(BaseModel):
-    positives: int = Field(description="Labelled positives of the class in the samples.")
-    proposed: ProposedPoint
-    current: SweepPoint = Field(description="The same counts at the active threshold.")
-    curve: SweepCurve
-
-
-class Proposal(BaseModel):
-    thresholds: dict[str, float]
-    expected_revision: int = Field(description="The active revision when the sweep ran.")
-
-
-class Confusion(BaseModel):
-    labels: list[str]
-    matrix: list[list[int]] = Field(description="matrix[i][j]: images labelled labels[i], decided labels[j].")
-
-
-class SweepReport(BaseModel):
-    model: str = Field(examples=["weld-classifier"])
-    model_version: int
-    task: str
-    images: int
-    positive: str = Field(description="What counts as a positive for this task.")
-    thresholds_revision: int = Field(description="The active revision when the sweep ran.")
-    nms_iou: float | None = Field(description="Detectors: the NMS IoU the detections were made with.")
-    classes: dict[str, ClassSweep]
-    proposal: Proposal = Field(description="With author and reason added, a ready PUT body.")
-    confusion: Confusion | None = Field(default=None, description="Classification: at the proposed thresholds.")
-
-
 def thresholds_router(settings: Settings, served_models: Callable[[], ServedModels]) -> APIRouter:
     router = APIRouter(prefix="/v1/models/{model}/thresholds", tags=["thresholds"])
 
@@ -198,9 +142,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             raise Unauthorized("wrong bearer token")
 
     @router.get("", response_model=ThresholdRevisionView, responses=_errors(404), summary="Active thresholds")
-    def read(model: str) -> dict:
+    def read(model: str) -> ThresholdRevisionView:
         models = served_models()
-        return models.thresholds.current(models.get(model).manifest).to_json()
+        return ThresholdRevisionView.model_validate(models.thresholds.current(models.get(model).manifest))
 
     @router.put(
         "",
@@ -209,7 +153,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         dependencies=[Depends(writer)],
         summary="Change thresholds (a new revision)",
     )
-    def change(model: str, body: ThresholdChange) -> dict:
+    def change(model: str, body: ThresholdChange) -> ThresholdRevisionView:
         models = served_models()
         revision = models.thresholds.update(
             models.get(model).manifest,
@@ -219,7 +163,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             reason=body.reason,
             expected_revision=body.expected_revision,
         )
-        return revision.to_json()
+        return ThresholdRevisionView.model_validate(revision)
 
     @router.get("/history", response_model=ThresholdHistory, responses=_errors(404), summary="Revisions, newest first")
     def history(
@@ -228,17 +172,17 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         before: int | None = Query(
             None, ge=1, le=2**63 - 1, description="Only revisions older than this one (the next page)."
         ),
-    ) -> dict:
+    ) -> ThresholdHistory:
         models = served_models()
         name = models.get(model).manifest.name
         page = models.thresholds.history(name, limit=limit + 1, before=before)
         more = len(page) > limit
         page = page[:limit]
-        return {
-            "model": name,
-            "revisions": [r.to_json() for r in page],
-            "next_before": page[-1].revision if more else None,
-        }
+        return ThresholdHistory(
+            model=name,
+            revisions=[ThresholdRevisionView.model_validate(r) for r in page],
+            next_before=page[-1].revision if more else None,
+        )
 
     @router.post(
         "/rollback",
@@ -247,7 +191,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         dependencies=[Depends(writer)],
         summary="Bring back an earlier revision's values (a new revision)",
     )
-    def rollback(model: str, body: ThresholdRollback) -> dict:
+    def rollback(model: str, body: ThresholdRollback) -> ThresholdRevisionView:
         models = served_models()
         revision = models.thresholds.rollback(
             models.get(model).manifest,
@@ -256,7 +200,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             reason=body.reason,
             expected_revision=body.expected_revision,
         )
-        return revision.to_json()
+        return ThresholdRevisionView.model_validate(revision)
 
     @router.post(
         "/sweep",
@@ -277,7 +221,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             None, description="Target recall per class; the proposal meets it where it can.", examples=["crack:0.99"]
         ),
         step: float = Query(0.01, gt=0.0, le=0.5, description="Grid step between thresholds 0 and 1."),
-    ) -> dict:
+    ) -> SweepReport:
         models = served_models()
         predictor = models.get(model)
         manifest = predictor.manifest
@@ -320,7 +264,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from exc
-        return report.to_json()
+        return report.to_report()
 
     return router
 

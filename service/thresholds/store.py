@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -109,21 +109,6 @@ class ThresholdRevision:
     @property
     def threshold_set(self) -> ThresholdSet:
         return ThresholdSet(revision=self.revision, values=dict(self.thresholds), nms_iou=self.nms_iou)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "revision": self.revision,
-            "kind": self.kind.value,
-            "thresholds": self.thresholds,
-            "nms_iou": self.nms_iou,
-            "model_version": self.model_version,
-            "author": self.author,
-            "reason": self.reason,
-            "created_at": self.created_at.isoformat(),
-            "replaces": self.replaces,
-            "restores": self.restores,
-        }
 
 
 def database_url(settings: Settings) -> str:
@@ -362,7 +347,7 @@ class ThresholdStore:
             replaces=None if base is None else base.revision,
             restores=restores,
         )
-        row = {**new.to_json(), "kind": new.kind.value, "created_at": new.created_at}
+        row = {**asdict(new), "kind": new.kind.value}
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(revisions).values(**row))

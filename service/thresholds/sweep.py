@@ -31,6 +31,15 @@ import numpy as np
 
 from service.manifest import ModelManifest, Task
 from service.thresholds.evaluation import confusion_matrix, match_detections
+from service.thresholds.report import (
+    ClassSweep,
+    Confusion,
+    Proposal,
+    ProposedPoint,
+    SweepCurve,
+    SweepPoint,
+    SweepReport,
+)
 
 MATCH_IOU = 0.5
 NONE_LABEL = "none"  # the predicted label of an image no class flags, for models without a background class
@@ -226,9 +235,6 @@ class SweepTally:
         self._all_scores: list[list[float]] = []  # classification: per image, every class
         self._detections: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
 
-    def __len__(self) -> int:
-        return len(self._truths)
-
     def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
         task = self.manifest.task
         if task is Task.CLASSIFICATION:
@@ -332,49 +338,50 @@ class TuningReport:
     def proposal(self) -> dict[str, float]:
         return {name: tuning.choice.threshold for name, tuning in self.classes.items()}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_report(self) -> SweepReport:
         """The report as the sweep endpoint answers it (and `python -m service.thresholds.tune --json` writes it).
         `proposal` is a ready PUT body but for `author` and `reason`."""
         manifest = self.manifest
-        report: dict[str, Any] = {
-            "model": manifest.name,
-            "model_version": manifest.version,
-            "task": manifest.task.value,
-            "images": self.images,
-            "positive": POSITIVE_DEFINITIONS[manifest.task],
-            "thresholds_revision": self.revision,
-            "nms_iou": self.nms_iou,
-            "classes": {name: _class_json(tuning, self.current[name]) for name, tuning in self.classes.items()},
-            "proposal": {"thresholds": self.proposal, "expected_revision": self.revision},
-        }
+        confusion = None
         if self.confusion is not None:
             labels, matrix = self.confusion
-            report["confusion"] = {"labels": labels, "matrix": matrix.tolist()}
-        return report
+            confusion = Confusion(labels=labels, matrix=matrix.tolist())
+        return SweepReport(
+            model=manifest.name,
+            model_version=manifest.version,
+            task=manifest.task.value,
+            images=self.images,
+            positive=POSITIVE_DEFINITIONS[manifest.task],
+            thresholds_revision=self.revision,
+            nms_iou=self.nms_iou,
+            classes={name: _class_sweep(tuning, self.current[name]) for name, tuning in self.classes.items()},
+            proposal=Proposal(thresholds=self.proposal, expected_revision=self.revision),
+            confusion=confusion,
+        )
 
 
-def _class_json(tuning: ClassTuning, current: float) -> dict[str, Any]:
+def _class_sweep(tuning: ClassTuning, current: float) -> ClassSweep:
     choice, curve = tuning.choice, tuning.curve
-    return {
-        "positives": tuning.positives,
-        "proposed": {
-            "threshold": choice.threshold,
-            "basis": choice.basis,
-            "target_recall": choice.target_recall,
-            "target_met": choice.target_met,
+    return ClassSweep(
+        positives=tuning.positives,
+        proposed=ProposedPoint(
+            threshold=choice.threshold,
+            basis=choice.basis,
+            target_recall=choice.target_recall,
+            target_met=choice.target_met,
             **_point(tuning.at_proposal),
-        },
-        "current": {"threshold": current, **_point(tuning.at_current)},
-        "curve": {
-            "thresholds": curve.thresholds.tolist(),
-            "precision": _floats(curve.precision),
-            "recall": _floats(curve.recall),
-            "f1": _floats(curve.f1),
-            "tp": curve.tp.tolist(),
-            "fp": curve.fp.tolist(),
-            "fn": curve.fn.tolist(),
-        },
-    }
+        ),
+        current=SweepPoint(threshold=current, **_point(tuning.at_current)),
+        curve=SweepCurve(
+            thresholds=curve.thresholds.tolist(),
+            precision=_floats(curve.precision),
+            recall=_floats(curve.recall),
+            f1=_floats(curve.f1),
+            tp=curve.tp.tolist(),
+            fp=curve.fp.tolist(),
+            fn=curve.fn.tolist(),
+        ),
+    )
 
 
 def _point(curve: Curve) -> dict[str, Any]:

@@ -16,7 +16,6 @@ Progress goes to stderr; the report to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -64,13 +63,13 @@ def run(args: argparse.Namespace) -> TuningReport:
             raise TuneError(str(exc)) from exc
         print(render(report))
         if args.json:
-            args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            args.json.write_text(report.to_report().model_dump_json(indent=2) + "\n")
             print(f"\nreport written to {args.json}")
         if args.plot:
             plot(report, args.plot)
             print(f"precision/recall curves written to {args.plot}")
         if args.apply:
-            body = {**report.to_json()["proposal"], "author": args.author, "reason": args.reason}
+            body = {**report.to_report().proposal.model_dump(), "author": args.author, "reason": args.reason}
             applied = _ok(
                 client.put(
                     f"/v1/models/{args.model}/thresholds", json=body, headers={"Authorization": f"Bearer {token}"}

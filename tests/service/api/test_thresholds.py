@@ -22,8 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from export.samples import write_sample_set
 from export.synthetic import encode_image, generate_weld
 from service.api.schemas import ErrorResponse, Prediction
-from service.api.thresholds import SweepReport, ThresholdHistory, ThresholdRevisionView
+from service.api.thresholds import ThresholdHistory, ThresholdRevisionView
 from service.thresholds import tune
+from service.thresholds.report import SweepReport
 from tests.conftest import RunningServer, kill_tree, postgres_url, running_server
 
 CLASSIFIER, DETECTOR, SEGMENTER = "weld-classifier", "weld-detector", "weld-segmenter"

@@ -104,7 +104,7 @@ def test_report_shows_counts_at_current_and_proposed_sets_and_the_confusion():
     labels, matrix = report.confusion
     assert labels == list(CLASSES)
     assert matrix.tolist() == [[1, 0, 1], [0, 0, 1], [0, 0, 3]]
-    body = report.to_json()
+    body = report.to_report().model_dump(mode="json")
     assert body["proposal"] == {"thresholds": {"porosity": 0.33, "crack": 0.2}, "expected_revision": 4}
     assert body["classes"]["crack"]["proposed"] == {
         "threshold": 0.2,

@@ -1,0 +1,64 @@
+"""What a threshold sweep reports: the answer of the sweep endpoint and of `python -m service.thresholds.tune`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SweepPoint(BaseModel):
+    threshold: float
+    precision: float | None = Field(description="TP / (TP + FP); null when nothing is flagged.")
+    recall: float | None = Field(description="TP / (TP + FN); null without labelled positives.")
+    f1: float | None
+    tp: int
+    fp: int
+    fn: int
+
+
+class ProposedPoint(SweepPoint):
+    basis: str = Field(
+        description="target_recall: the highest threshold meeting the target; max_f1: the best F1; "
+        "unchanged: no labelled positives, the active value is kept."
+    )
+    target_recall: float | None
+    target_met: bool | None
+
+
+class SweepCurve(BaseModel):
+    thresholds: list[float]
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
+    tp: list[int]
+    fp: list[int]
+    fn: list[int]
+
+
+class ClassSweep(BaseModel):
+    positives: int = Field(description="Labelled positives of the class in the samples.")
+    proposed: ProposedPoint
+    current: SweepPoint = Field(description="The same counts at the active threshold.")
+    curve: SweepCurve
+
+
+class Proposal(BaseModel):
+    thresholds: dict[str, float]
+    expected_revision: int = Field(description="The active revision when the sweep ran.")
+
+
+class Confusion(BaseModel):
+    labels: list[str]
+    matrix: list[list[int]] = Field(description="matrix[i][j]: images labelled labels[i], decided labels[j].")
+
+
+class SweepReport(BaseModel):
+    model: str = Field(examples=["weld-classifier"])
+    model_version: int
+    task: str
+    images: int
+    positive: str = Field(description="What counts as a positive for this task.")
+    thresholds_revision: int = Field(description="The active revision when the sweep ran.")
+    nms_iou: float | None = Field(description="Detectors: the NMS IoU the detections were made with.")
+    classes: dict[str, ClassSweep]
+    proposal: Proposal = Field(description="With author and reason added, a ready PUT body.")
+    confusion: Confusion | None = Field(default=None, description="Classification: at the proposed thresholds.")

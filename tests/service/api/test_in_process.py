@@ -1,0 +1,64 @@
+"""The API run in-process (`create_app` with the service's own models, no server): the fast tier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from export.synthetic import encode_image, generate_weld
+from service.api.app import create_app
+from service.api.schemas import ErrorResponse, ModelList, Prediction
+from service.config import Settings
+from service.served_models import ServedModels
+from tests.conftest import MODEL_STORE
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = Settings(model_store=MODEL_STORE, state_dir=tmp_path_factory.mktemp("state"), workers=1)
+    models = ServedModels.load(settings)
+    try:
+        with TestClient(create_app(settings, lambda: models)) as client:
+            yield client
+    finally:
+        models.close()
+
+
+def test_the_served_models_are_listed(api):
+    listing = ModelList.model_validate(api.get("/v1/models").json())
+    assert [m.name for m in listing.models] == ["weld-classifier", "weld-detector", "weld-segmenter"]
+    assert {m.batch_sizes for m in listing.models} == {None}
+
+
+def test_a_crack_frame_is_rejected_by_the_classifier(api):
+    frame = encode_image(generate_weld(74_000, 640, 480, label="crack").image)
+    response = api.post("/v1/models/weld-classifier/predict", content=frame, headers={"Content-Type": "image/jpeg"})
+    answer = Prediction.model_validate(response.json())
+    assert response.status_code == 200
+    assert (answer.decision, answer.defects, answer.label) == ("reject", ["crack"], "crack")
+
+
+def test_one_threshold_for_every_class_turns_the_reject_into_an_accept(api):
+    frame = encode_image(generate_weld(74_000, 640, 480, label="crack").image)
+    response = api.post(
+        "/v1/models/weld-classifier/predict?thresholds=1.0", content=frame, headers={"Content-Type": "image/jpeg"}
+    )
+    assert response.json()["decision"] == "accept" and response.json()["defects"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "status", "code"),
+    [
+        ("/v1/models/weld-classifier/predict", b"not an image", "image/jpeg", 400, "undecodable_image"),
+        ("/v1/models/weld-classifier/predict", b"hello", "text/plain", 415, "unsupported_media_type"),
+        ("/v1/models/weld-nothing/predict", b"x", "image/jpeg", 404, "unknown_model"),
+        ("/v1/models/weld-classifier/predict?threshold=0.3", b"x", "image/jpeg", 422, "invalid_parameters"),
+        ("/v1/nothing", b"x", "image/jpeg", 404, "not_found"),
+    ],
+)
+def test_client_mistakes_answer_the_error_contract(api, path, body, content_type, status, code):
+    response = api.post(path, content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert ErrorResponse.model_validate(response.json()).error.code == code
