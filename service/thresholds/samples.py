@@ -96,18 +96,13 @@ class LabelledImage:
 def read_samples(files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
     """The labelled images of a set in the layout of `manifest.task`, sorted by path."""
     names = [n for n in files.names() if not _hidden(n)]
-    if manifest.task is Task.CLASSIFICATION:
-        samples = _classification(names, manifest)
-    elif manifest.task is Task.DETECTION:
-        samples = _detection(names, files, manifest)
-    else:
-        samples = _segmentation(names, files, manifest)
+    samples = _LAYOUTS[manifest.task](names, files, manifest)
     if not samples:
         raise SampleSetError(f"no labelled images found; expected the {manifest.task.value} layout")
     return samples
 
 
-def _classification(names: list[str], manifest: ModelManifest) -> list[LabelledImage]:
+def _classification(names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
     samples = []
     for name in _images(names):
         parts = PurePosixPath(name).parts
@@ -203,3 +198,7 @@ def _images(names: list[str], under: str | None = None) -> Iterator[str]:
 def _hidden(name: str) -> bool:
     """Files archivers and desktops add: __MACOSX/, .DS_Store and the like."""
     return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(name).parts)
+
+
+# Each task's layout of a labelled sample set (see the module's docstring).
+_LAYOUTS = {Task.CLASSIFICATION: _classification, Task.DETECTION: _detection, Task.SEGMENTATION: _segmentation}

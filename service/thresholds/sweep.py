@@ -223,6 +223,87 @@ def confusion_at(
     return labels, matrix
 
 
+class _ClassificationEvidence:
+    """Image-level evidence from class scores; the confusion matrix at the proposed thresholds."""
+
+    def __init__(self, manifest: ModelManifest) -> None:
+        self.manifest = manifest
+        self._scores: list[list[float]] = []  # per image, every class
+
+    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
+        if truth.label not in self.manifest.classes:
+            raise ValueError(f"label {truth.label!r} is not one of {self.manifest.classes}")
+        self._scores.append([float(answer["scores"][name]) for name in self.manifest.classes])
+
+    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
+        defects = self.manifest.defect_classes
+        columns = [self.manifest.classes.index(name) for name in defects]
+        scores = np.array(self._scores, dtype=np.float64).reshape(-1, len(self.manifest.classes))[:, columns]
+        return image_evidence(_presence(truths, defects), scores, defects)
+
+    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> tuple[list[str], np.ndarray] | None:
+        labels = [t.label or "" for t in truths]
+        scores = np.array(self._scores, dtype=np.float64)
+        return confusion_at(labels, scores, self.manifest.classes, self.manifest.background_class, proposed)
+
+
+class _SegmentationEvidence:
+    """Image-level evidence: a class is flagged at the highest confidence of its mask."""
+
+    def __init__(self, manifest: ModelManifest) -> None:
+        self.classes = manifest.defect_classes
+        self._scores: list[list[float]] = []  # per image, per defect class
+
+    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
+        found = {s["class_name"]: float(s["confidence"]) for s in answer["segments"]}
+        self._scores.append([found.get(name, -np.inf) for name in self.classes])
+
+    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
+        scores = np.array(self._scores, dtype=np.float64).reshape(-1, len(self.classes))
+        return image_evidence(_presence(truths, self.classes), scores, self.classes)
+
+    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> None:
+        return None
+
+
+class _DetectionEvidence:
+    """Box-level evidence: detections matched to labelled boxes."""
+
+    def __init__(self, manifest: ModelManifest) -> None:
+        self.classes = manifest.defect_classes
+        self._detections: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+
+    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
+        found = answer["detections"]
+        self._detections.append(
+            (
+                np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in found], dtype=np.float64),
+                np.array([d["confidence"] for d in found], dtype=np.float64),
+                [d["class_name"] for d in found],
+            )
+        )
+
+    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
+        return detection_evidence([(t.boxes, t.box_classes) for t in truths], self._detections, self.classes)
+
+    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> None:
+        return None
+
+
+# How a sweep scores each task's answers against the labels.
+_EVIDENCE = {
+    Task.CLASSIFICATION: _ClassificationEvidence,
+    Task.DETECTION: _DetectionEvidence,
+    Task.SEGMENTATION: _SegmentationEvidence,
+}
+
+
+def _presence(truths: list[Truth], classes: Sequence[str]) -> np.ndarray:
+    """(images, classes) bool: which classes each image's labels contain."""
+    truth = np.array([[name in t.present for name in classes] for t in truths], dtype=bool)
+    return truth.reshape(len(truths), len(classes))
+
+
 class SweepTally:
     """Gathers, image by image, each labelled image's truth and the model's answer at threshold 0
     (the service's prediction JSON), and turns them into evidence and a report."""
@@ -231,42 +312,14 @@ class SweepTally:
         self.manifest = manifest
         self.classes = list(manifest.defect_classes)
         self._truths: list[Truth] = []
-        self._scores: list[list[float]] = []  # image-level tasks: per image, per defect class
-        self._all_scores: list[list[float]] = []  # classification: per image, every class
-        self._detections: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        self._task = _EVIDENCE[manifest.task](manifest)
 
     def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        task = self.manifest.task
-        if task is Task.CLASSIFICATION:
-            if truth.label not in self.manifest.classes:
-                raise ValueError(f"label {truth.label!r} is not one of {self.manifest.classes}")
-            self._all_scores.append([float(answer["scores"][name]) for name in self.manifest.classes])
-        elif task is Task.SEGMENTATION:
-            found = {s["class_name"]: float(s["confidence"]) for s in answer["segments"]}
-            self._scores.append([found.get(name, -np.inf) for name in self.classes])
-        else:
-            found = answer["detections"]
-            self._detections.append(
-                (
-                    np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in found], dtype=np.float64),
-                    np.array([d["confidence"] for d in found], dtype=np.float64),
-                    [d["class_name"] for d in found],
-                )
-            )
+        self._task.add(truth, answer)
         self._truths.append(truth)
 
     def evidence(self) -> dict[str, ClassEvidence]:
-        if self.manifest.task is Task.DETECTION:
-            truths = [(t.boxes, t.box_classes) for t in self._truths]
-            return detection_evidence(truths, self._detections, self.classes)
-        truth = np.array([[name in t.present for name in self.classes] for t in self._truths], dtype=bool)
-        truth = truth.reshape(len(self._truths), len(self.classes))
-        if self.manifest.task is Task.CLASSIFICATION:
-            columns = [self.manifest.classes.index(name) for name in self.classes]
-            scores = np.array(self._all_scores, dtype=np.float64).reshape(-1, len(self.manifest.classes))[:, columns]
-        else:
-            scores = np.array(self._scores, dtype=np.float64).reshape(-1, len(self.classes))
-        return image_evidence(truth, scores, self.classes)
+        return self._task.evidence(self._truths)
 
     def report(
         self,
@@ -298,12 +351,8 @@ class SweepTally:
                 at_proposal=counts(evidence, np.array([choice.threshold])),
                 at_current=counts(evidence, np.array([float(current[name])])),
             )
-        confusion = None
-        if self.manifest.task is Task.CLASSIFICATION:
-            labels = [t.label or "" for t in self._truths]
-            proposed = {name: tuning.choice.threshold for name, tuning in classes.items()}
-            scores = np.array(self._all_scores, dtype=np.float64)
-            confusion = confusion_at(labels, scores, self.manifest.classes, self.manifest.background_class, proposed)
+        proposed = {name: tuning.choice.threshold for name, tuning in classes.items()}
+        confusion = self._task.confusion(self._truths, proposed)
         return TuningReport(
             manifest=self.manifest,
             images=len(self._truths),
