@@ -153,12 +153,19 @@ def _export_torch(args: argparse.Namespace) -> int:
 
 
 def _import_onnx(args: argparse.Namespace) -> int:
-    from .importing import import_onnx, read_graph
+    from .importing import check_stride, import_onnx, read_graph, ultralytics_fields
 
+    model, graph = read_graph(args.onnx)
     fields = _fields(args)
-    _, graph = read_graph(args.onnx)
+    inferred = ultralytics_fields(model, graph)
+    if inferred is not None:
+        implied, said, stride = inferred
+        print(said)
+        fields = {**implied, **fields}  # what the options say wins
     graph_size = (graph.height, graph.width) if graph.height and graph.width else None
     request = _request(fields, fp16=False, channels=graph.channels, input_size=graph_size)
+    if inferred is not None:
+        check_stride(request.height, request.width, stride)
     version = import_onnx(args.onnx, request, args.store, quality=_quality(fields))
     _report_written(version)
     return 0

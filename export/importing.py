@@ -6,11 +6,12 @@ load in onnxruntime, and its input and outputs must fit the declared task, decod
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -67,6 +68,74 @@ def read_graph(onnx_path: Path) -> tuple[onnx.ModelProto, GraphInput]:
     if len(dims) != 4:
         raise ExportError(f"the graph's input has {len(dims)} dimensions; the service feeds NCHW images")
     return model, GraphInput(inputs[0].name, _INPUT_DTYPES[tensor_type.elem_type], *dims)
+
+
+# What an ultralytics detector takes and how its trainer predicts (ultralytics' own defaults):
+# letterboxed frames scaled by 1/255, confidence 0.25, NMS IoU 0.7, at most 300 detections.
+ULTRALYTICS_DEFAULTS = {
+    "task": "detection",
+    "decoder": "yolo",
+    "resize": "letterbox",
+    "scale": 1 / 255,
+    "thresholds": "0.25",
+    "nms_iou": 0.7,
+    "max_detections": 300,
+}
+
+
+def ultralytics_fields(model: onnx.ModelProto, graph: GraphInput) -> tuple[dict[str, Any], str, int] | None:
+    """The model fields an ultralytics ONNX file implies (its metadata: names, imgsz, stride, task; its
+    head's shape), a line saying what was inferred, and the stride; None for a graph ultralytics did
+    not write."""
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if meta.get("author", "").lower() != "ultralytics" and not {"names", "imgsz", "task"} <= set(meta):
+        return None
+    try:
+        names = ast.literal_eval(meta["names"])
+        size = ast.literal_eval(meta["imgsz"])
+        stride = int(meta.get("stride", "32"))
+    except (KeyError, ValueError, SyntaxError) as exc:
+        raise ExportError(
+            f"the ultralytics metadata cannot be read ({reason(exc)}): pass --task, --classes, ..."
+        ) from exc
+    task = meta.get("task", "detect")
+    if task != "detect":
+        raise ExportError(
+            f"this is an ultralytics {task!r} model; the service serves ultralytics detectors (task 'detect'), "
+            "and other graphs with --task and --decoder"
+        )
+    classes = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+    for label, given, made in (("height", graph.height, height), ("width", graph.width, width)):
+        if given is not None and given != made:
+            raise ExportError(f"the ultralytics metadata says imgsz {label} {made}, the graph's input has {given}")
+    head = [dim.dim_value for dim in model.graph.output[0].type.tensor_type.shape.dim]
+    if len(head) != 3 or (head[1] and head[1] != 4 + len(classes)):
+        raise ExportError(
+            f"an ultralytics detector's output is [N, 4 + {len(classes)}, A]; this graph's is {head}: "
+            "export it with model.export(format='onnx') and no NMS inside"
+        )
+    channels = graph.channels or 3
+    fields = {
+        **ULTRALYTICS_DEFAULTS,
+        "classes": classes,
+        "input_size": [height, width],
+        "channels": channels,
+        "mean": [0.0] * channels,
+        "std": [1.0] * channels,
+    }
+    said = (
+        f"ultralytics detector: {len(classes)} classes ({', '.join(classes)}), input {height}x{width} "
+        f"(stride {stride}), letterbox, pixels / 255, confidence 0.25, NMS IoU 0.7, at most 300 detections; "
+        "options override any of these"
+    )
+    return fields, said, stride
+
+
+def check_stride(height: int, width: int, stride: int) -> None:
+    """An input size the network's downsampling divides (ultralytics detectors: stride 32)."""
+    if height % stride or width % stride:
+        raise ExportError(f"input size {height}x{width} is not a multiple of the model's stride, {stride}")
 
 
 def import_onnx(

@@ -566,3 +566,64 @@ def test_module_entry_point_refuses_with_status_2_and_lists_without_torch(tmp_pa
 def test_demo_command_hands_store_and_seed_to_the_demo_trainer() -> None:
     args = build_parser().parse_args(["demo", "--seed", "3"])
     assert (args.store, args.seed, args.handler.__name__) == (Path("model_store"), 3, "_demo")
+
+
+def ultralytics_file(checkpoints: Path, folder: Path, **metadata: str) -> Path:
+    """The test's YOLO-style graph as ultralytics' exporter writes it: with its metadata."""
+    import onnx
+
+    model = onnx.load(checkpoints / "yolo.onnx")
+    props = {
+        "author": "Ultralytics",
+        "task": "detect",
+        "names": str(dict(enumerate(DEFECTS))),
+        "imgsz": str([SIZE, SIZE]),
+        "stride": "32",
+        **metadata,
+    }
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = folder / "best.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_an_ultralytics_file_imports_with_one_command_saying_what_it_inferred(checkpoints: Path, tmp_path: Path):
+    store = tmp_path / "store"
+    result = run("import", "--onnx", ultralytics_file(checkpoints, tmp_path), "--name", "steel", "--store", store)
+
+    assert result.code == 0, result.err
+    said = result.out.splitlines()[0]
+    assert said.startswith("ultralytics detector: 3 classes (porosity, crack, undercut), input 64x64 (stride 32)")
+    manifest = load_version(store, "steel").manifest
+    assert (manifest.task, manifest.output.decoder, manifest.classes) == ("detection", "yolo", DEFECTS)
+    assert manifest.input.resize == "letterbox" and manifest.input.scale == pytest.approx(1 / 255)
+    assert (manifest.input.mean, manifest.input.std) == ((0.0,), (1.0,))
+    assert manifest.thresholds == dict.fromkeys(DEFECTS, 0.25)
+    assert (manifest.nms_iou, manifest.max_detections) == (0.7, 300)
+
+
+def test_options_override_what_an_ultralytics_file_implies(checkpoints: Path, tmp_path: Path):
+    path = ultralytics_file(checkpoints, tmp_path)
+    result = run(
+        "import", "--onnx", path, "--name", "steel", "--store", tmp_path, "--thresholds", "0.4", "--nms-iou", "0.5"
+    )
+    assert result.code == 0, result.err
+    manifest = load_version(tmp_path, "steel").manifest
+    assert manifest.thresholds == dict.fromkeys(DEFECTS, 0.4) and manifest.nms_iou == 0.5
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"task": "segment"}, "this is an ultralytics 'segment' model; the service serves ultralytics detectors"),
+        ({"imgsz": "[96, 96]"}, "the ultralytics metadata says imgsz height 96, the graph's input has 64"),
+        ({"names": "{0: 'porosity'}"}, r"an ultralytics detector's output is \[N, 4 \+ 1, A\]"),
+    ],
+)
+def test_an_ultralytics_file_that_does_not_fit_is_refused_saying_why(checkpoints, tmp_path, metadata, message):
+    result = run(
+        "import", "--onnx", ultralytics_file(checkpoints, tmp_path, **metadata), "--name", "steel", "--store", tmp_path
+    )
+    assert result.code == 2 and re.search(message, result.err), result.err
