@@ -51,6 +51,10 @@ _MODEL_OPTIONS = {
     "std": ("--std", "per-channel std after scaling, comma-separated"),
     "scale": ("--scale", "pixel scale applied before mean/std (default 1/255)"),
     "resize": ("--resize", "stretch (default) or letterbox"),
+    "resize_filter": (
+        "--resize-filter",
+        "bilinear_antialias (default: Pillow/torchvision training) or linear (OpenCV INTER_LINEAR, ultralytics)",
+    ),
     "thresholds": (
         "--thresholds",
         "default thresholds, per class (crack=0.3,porosity=0.6; others 0.5) or one for every class (0.25)",
@@ -359,6 +363,7 @@ def _request(
         height=height,
         width=width,
         resize=_parse(fields, "resize", str, default="stretch"),
+        resize_filter=_parse(fields, "resize_filter", _resize_filter, default="bilinear_antialias"),
         mean=mean,
         std=_require(fields, "std", _numbers),
         decoder=decoder,
@@ -438,3 +443,9 @@ def _thresholds(value: Any, defect_classes: list[str]) -> dict[str, float]:
     if isinstance(value, dict):
         return {str(name): _fraction(threshold) for name, threshold in value.items()}
     return parse_class_values(",".join(str(item) for item in _items(value)), defect_classes)
+
+
+def _resize_filter(value: Any) -> str:
+    if value not in ("bilinear_antialias", "linear"):
+        raise ValueError("expected bilinear_antialias or linear")
+    return str(value)

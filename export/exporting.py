@@ -78,6 +78,7 @@ class ExportRequest:
     max_detections: int = 100
     description: str = ""
     fp16: bool = False
+    resize_filter: str = "bilinear_antialias"  # how the trainer resized: see InputSpec.resize_filter
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(MODEL_NAME_PATTERN, self.name):
@@ -126,6 +127,7 @@ def build_manifest(
                 height=request.height,
                 width=request.width,
                 resize=request.resize,
+                resize_filter=request.resize_filter,
                 dtype=input_dtype,
                 scale=request.scale,
                 mean=request.mean,

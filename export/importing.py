@@ -70,12 +70,14 @@ def read_graph(onnx_path: Path) -> tuple[onnx.ModelProto, GraphInput]:
     return model, GraphInput(inputs[0].name, _INPUT_DTYPES[tensor_type.elem_type], *dims)
 
 
-# What an ultralytics detector takes and how its trainer predicts (ultralytics' own defaults):
-# letterboxed frames scaled by 1/255, confidence 0.25, NMS IoU 0.7, at most 300 detections.
+# What an ultralytics detector takes and how its trainer predicts (ultralytics' own defaults): frames
+# letterboxed with OpenCV's linear resize and scaled by 1/255; confidence 0.25, NMS IoU 0.7, at most
+# 300 detections.
 ULTRALYTICS_DEFAULTS = {
     "task": "detection",
     "decoder": "yolo",
     "resize": "letterbox",
+    "resize_filter": "linear",  # OpenCV's INTER_LINEAR, no antialiasing
     "scale": 1 / 255,
     "thresholds": "0.25",
     "nms_iou": 0.7,
@@ -126,7 +128,7 @@ def ultralytics_fields(model: onnx.ModelProto, graph: GraphInput) -> tuple[dict[
     }
     said = (
         f"ultralytics detector: {len(classes)} classes ({', '.join(classes)}), input {height}x{width} "
-        f"(stride {stride}), letterbox, pixels / 255, confidence 0.25, NMS IoU 0.7, at most 300 detections; "
+        f"(stride {stride}), letterbox with OpenCV's linear resize, pixels / 255, confidence 0.25, NMS IoU 0.7, at most 300 detections; "
         "options override any of these"
     )
     return fields, said, stride

@@ -61,6 +61,12 @@ class InputSpec(_Strict):
     width: int = Field(ge=8, le=8192, description="Model input width in pixels.")
     resize: ResizeMode = Field(description="`stretch` to the input size, or `letterbox` (keep aspect, pad).")
     letterbox_fill: int = Field(default=114, ge=0, le=255, description="Pad value for letterbox.")
+    resize_filter: Literal["bilinear_antialias", "linear"] = Field(
+        default="bilinear_antialias",
+        description="How frames are resized to the input, as the trainer did: `bilinear_antialias` (Pillow's, "
+        "as torchvision pipelines on PIL images; JPEG frames may be reduced while decoding), or `linear` "
+        "(OpenCV's INTER_LINEAR: no antialiasing when shrinking, frames decoded at full size; ultralytics).",
+    )
     dtype: Literal["uint8", "float32", "float16"] = Field(
         description="Element type of the graph input. uint8 means the graph normalises itself."
     )

@@ -68,11 +68,11 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, channels: int, target_size: tuple[int, int], max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, *, channels: int, target_size: tuple[int, int] | None, max_pixels: int) -> DecodedImage:
     """Decode `data` into an upright image with the model's channels.
 
     `target_size` (width, height) is the size the image will be resized to next; it
-    only decides how far a JPEG may be reduced while decoding.
+    only decides how far a JPEG may be reduced while decoding. None: decode at full size.
     """
     fmt = sniff_format(data)
     if fmt is None:
@@ -84,7 +84,7 @@ def decode_image(data: bytes, *, channels: int, target_size: tuple[int, int], ma
     orientation = _orientation(image)
     swaps_axes = orientation in (5, 6, 7, 8)
     original_width, original_height = (height, width) if swaps_axes else (width, height)
-    if fmt == "JPEG":
+    if fmt == "JPEG" and target_size is not None:
         tw, th = target_size
         image.draft("L" if channels == 1 else "RGB", (th, tw) if swaps_axes else (tw, th))
     try:

@@ -86,9 +86,9 @@ class Predictor:
     def _prepare(self, data: bytes, active: ActiveThresholds) -> PreparedImage:
         spec = self.manifest.input
         started = time.perf_counter()
-        decoded = decode_image(
-            data, channels=spec.channels, target_size=(spec.width, spec.height), max_pixels=self._max_pixels
-        )
+        # A JPEG reduced while decoding is an antialiased shrink: not for a model trained without one.
+        target_size = (spec.width, spec.height) if spec.resize_filter == "bilinear_antialias" else None
+        decoded = decode_image(data, channels=spec.channels, target_size=target_size, max_pixels=self._max_pixels)
         decoded_at = time.perf_counter()
         tensor, geometry = to_model_input(decoded, spec)
         prepared_at = time.perf_counter()

@@ -33,7 +33,7 @@ def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, 
     x0, y0, x1, y1 = geometry.content_box
     content = decoded.image
     if content.size != (x1 - x0, y1 - y0):
-        content = content.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
+        content = resize(content, (x1 - x0, y1 - y0), spec.resize_filter)
     pixels = np.asarray(content)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -43,6 +43,22 @@ def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, 
         chw = np.full((spec.channels, spec.height, spec.width), spec.letterbox_fill, dtype=np.uint8)
         chw[:, y0:y1, x0:x1] = pixels.transpose(2, 0, 1)
     return chw, geometry
+
+
+def resize(image: Image.Image, size: tuple[int, int], resize_filter: str) -> Image.Image:
+    """`image` at `size` (width, height) with the model's filter.
+
+    `bilinear_antialias`: Pillow's bilinear, which widens its kernel when shrinking (antialiasing).
+    `linear`: OpenCV's INTER_LINEAR, which samples the 2x2 source pixels around each output pixel's
+    centre whatever the scale: an affine transform with bilinear sampling computes exactly that
+    when shrinking; growing, both filters are the same bilinear interpolation.
+    """
+    if resize_filter == "linear" and (size[0] < image.width or size[1] < image.height):
+        scale_x, scale_y = image.width / size[0], image.height / size[1]
+        return image.transform(
+            size, Image.Transform.AFFINE, (scale_x, 0, 0, 0, scale_y, 0), resample=Image.Resampling.BILINEAR
+        )
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
 
 
 def to_batch(images: list[np.ndarray], spec: InputSpec, rows: int | None = None) -> np.ndarray:

@@ -599,6 +599,7 @@ def test_an_ultralytics_file_imports_with_one_command_saying_what_it_inferred(ch
     manifest = load_version(store, "steel").manifest
     assert (manifest.task, manifest.output.decoder, manifest.classes) == ("detection", "yolo", DEFECTS)
     assert manifest.input.resize == "letterbox" and manifest.input.scale == pytest.approx(1 / 255)
+    assert manifest.input.resize_filter == "linear" and manifest.input.letterbox_fill == 114
     assert (manifest.input.mean, manifest.input.std) == ((0.0,), (1.0,))
     assert manifest.thresholds == dict.fromkeys(DEFECTS, 0.25)
     assert (manifest.nms_iou, manifest.max_detections) == (0.7, 300)

@@ -62,6 +62,8 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_reports_its_full_size():
     assert (decoded.original_width, decoded.original_height) == (2448, 2048)
     assert decoded.image.size == (306, 256)  # 1/8 scale: still at least the target size
     assert 160 <= min(decoded.image.size)
+    full = decode_image(data, channels=1, target_size=None, max_pixels=40_000_000)
+    assert full.image.size == (2448, 2048)  # no target: decoded at full size (no antialiased shrink)
 
 
 def test_pixel_count_over_the_limit_is_refused_before_decoding():

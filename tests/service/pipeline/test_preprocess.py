@@ -3,7 +3,7 @@ from PIL import Image
 
 from service.manifest import InputSpec
 from service.pipeline.decode import DecodedImage
-from service.pipeline.preprocess import to_batch, to_model_input
+from service.pipeline.preprocess import resize, to_batch, to_model_input
 
 
 def spec(**overrides) -> InputSpec:
@@ -54,3 +54,30 @@ def test_batch_is_normalised_here_only_when_the_graph_does_not():
     assert normalised.dtype == np.float32
     np.testing.assert_allclose(normalised[0], (1.0 - 0.5) / 0.25)
     np.testing.assert_allclose(normalised[1], (0.0 - 0.5) / 0.25)
+
+
+def opencv_linear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV's INTER_LINEAR, written out: each output pixel centre maps to (x + 0.5) * scale - 0.5 in the
+    source, clamped to it, and takes the bilinear mix of the 2x2 pixels around that point."""
+
+    def taps(out: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        where = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
+        low = np.floor(where).astype(int)
+        return low, np.minimum(low + 1, size - 1), where - low
+
+    y0, y1, wy = taps(height, pixels.shape[0])
+    x0, x1, wx = taps(width, pixels.shape[1])
+    source = pixels.astype(np.float64)
+    rows = source[y0] * (1 - wy)[:, None] + source[y1] * wy[:, None]
+    return np.rint(rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(np.uint8)
+
+
+def test_the_linear_filter_shrinks_as_opencv_does_and_unlike_the_antialiased_one():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (480, 640), dtype=np.uint8)
+    linear = np.asarray(resize(Image.fromarray(frame), (256, 192), "linear"))
+    reference = opencv_linear(frame, 256, 192)
+    assert int(np.abs(linear.astype(int) - reference).max()) <= 1  # fixed-point rounding at most
+    antialiased = np.asarray(resize(Image.fromarray(frame), (256, 192), "bilinear_antialias"))
+    # Averaging more pixels, the antialiased shrink of noise is much smoother.
+    assert antialiased.std() < 0.8 * linear.std()
