@@ -72,10 +72,11 @@ class MicroBatcher:
 
     async def submit(self, item: np.ndarray) -> BatchedResult:
         loop = asyncio.get_running_loop()
-        if self._loop_task is None or self._loop_task.done():
-            # Created lazily so that queue and task belong to the server's event loop; started again
+        if self._loop_task is None or self._loop_task.done() or self._loop_task.get_loop() is not loop:
+            # Created lazily so that queue and task belong to the running event loop; started again
             # should it ever have ended, so that no request waits on a loop that is gone.
-            self._queue = self._queue or asyncio.Queue()
+            if self._queue is None or self._loop_task is None or self._loop_task.get_loop() is not loop:
+                self._queue = asyncio.Queue()
             self._loop_task = loop.create_task(self._serve_batches())
         assert self._queue is not None
         pending = _Pending(item=item, future=loop.create_future())
@@ -95,6 +96,9 @@ class MicroBatcher:
                 await self._collect(self._queue, batch)
                 await self._serve(batch)
             except Exception as exc:  # noqa: BLE001 - a failure anywhere fails this batch, never the loop
+                if not batch:  # the queue itself failed: end this loop; the next request starts another
+                    log.exception("the batch loop of %s failed", self._name)
+                    raise
                 if not isinstance(exc, ModelRunError):
                     log.exception("batch of %d for %s failed outside the model run", len(batch), self._name)
                 for p in batch:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
-from service.manifest import ModelManifest
+from service.manifest import ModelManifest, OutputDecoder
 from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
@@ -97,9 +97,10 @@ class Predictor:
     def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
         rows = self.session.batch_rows(len(images))
         outputs = self.session.run(to_batch(images, self.manifest.input, rows), len(images))
-        if not self.manifest.input.dynamic_batch:
-            # One image per run; graphs without a batch axis (torchvision detectors) return unbatched outputs.
+        if self.manifest.output.decoder is OutputDecoder.BOXES_SCORES_LABELS:
+            # One image per run, and outputs without a batch axis (torchvision detectors, NMS inside).
             return [outputs]
+        # Every other graph's outputs lead with the batch axis, a fixed batch of 1 included.
         return [[output[i] for output in outputs] for i in range(len(images))]
 
     def _postprocess(

@@ -1,0 +1,123 @@
+"""An ultralytics detector, trained here on generated welds, imported with one command, answers through
+the service as ultralytics' own `predict` does on the same bytes (ultralytics, AGPL-3.0, is a
+test-only dependency)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from export.cli import main
+from export.synthetic import generate_weld
+from service.api.app import create_app
+from service.config import Settings
+from service.served_models import ServedModels
+
+ultralytics = pytest.importorskip("ultralytics", reason="ultralytics (a test-only dependency) is not installed")
+cv2 = pytest.importorskip("cv2", reason="OpenCV, which ultralytics installs, is missing")
+
+CLASSES = ["porosity", "crack", "undercut"]
+SIZE = 128
+# A detector trained for seconds is unsure of everything: compare every box it keeps at 0.001.
+CONFIDENCE = 0.001
+
+
+def write_dataset(root: Path, images: int = 24, frame: int = 320) -> Path:
+    """Generated welds in the YOLO layout (images/, labels/ with class cx cy w h), and its data yaml."""
+    for split, offset in (("train", 0), ("val", 1000)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
+        for i in range(images if split == "train" else 4):
+            sample = generate_weld(96_000 + offset + i, frame, frame, label=CLASSES[i % 3])
+            Image.fromarray(sample.image).convert("RGB").save(root / split / "images" / f"{i}.png")
+            rows = [
+                f"{CLASSES.index(name)} {(x1 + x2) / 2 / frame} {(y1 + y2) / 2 / frame} "
+                f"{(x2 - x1) / frame} {(y2 - y1) / frame}"
+                for (x1, y1, x2, y2), name in zip(sample.boxes, sample.box_labels, strict=True)
+            ]
+            (root / split / "labels" / f"{i}.txt").write_text("\n".join(rows) + "\n")
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(CLASSES))
+    data = root / "weld.yaml"
+    data.write_text(f"path: {root}\ntrain: train/images\nval: val/images\nnames:\n{names}")
+    return data
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.onnx of a yolov8n trained briefly from scratch, exported by ultralytics' own exporter."""
+    folder = tmp_path_factory.mktemp("ultralytics")
+    model = ultralytics.YOLO("yolov8n.yaml")  # the architecture alone: nothing to download
+    model.train(
+        data=str(write_dataset(folder / "data")),
+        epochs=20,
+        imgsz=SIZE,
+        batch=8,
+        workers=0,
+        device="cpu",
+        plots=False,
+        val=False,
+        amp=False,
+        project=str(folder / "runs"),
+        name="weld",
+        verbose=False,
+    )
+    return Path(model.export(format="onnx", imgsz=SIZE, dynamic=False))
+
+
+@pytest.fixture(scope="module")
+def served(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    store = tmp_path_factory.mktemp("store")
+    assert main(["import", "--onnx", str(exported), "--name", "weld-yolo", "--store", str(store)]) == 0
+    settings = Settings(model_store=store, state_dir=tmp_path_factory.mktemp("state"), workers=1)
+    models = ServedModels.load(settings)
+    try:
+        with TestClient(create_app(settings, lambda: models)) as client:
+            yield client
+    finally:
+        models.close()
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize(("width", "height"), [(SIZE, SIZE), (320, 320), (320, 200), (200, 320), (640, 360)])
+def test_the_service_answers_as_ultralytics_predicts_on_the_same_bytes(served, exported, width, height):
+    predictor = ultralytics.YOLO(str(exported), task="detect")
+    for seed in range(3):
+        sample = generate_weld(97_000 + seed, width, height, label=CLASSES[seed])
+        buffer = io.BytesIO()
+        Image.fromarray(sample.image).convert("RGB").save(buffer, "PNG")
+        frame = buffer.getvalue()
+        response = served.post(
+            f"/v1/models/weld-yolo/predict?thresholds={CONFIDENCE}",
+            content=frame,
+            headers={"Content-Type": "image/png"},
+        )
+        assert response.status_code == 200, response.text
+        ours = response.json()["detections"]
+        (theirs,) = predictor.predict(
+            cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR),
+            imgsz=SIZE,
+            conf=CONFIDENCE,
+            iou=0.7,
+            max_det=300,
+            verbose=False,
+        )
+        expected = list(zip(theirs.boxes.xyxy.tolist(), theirs.boxes.conf.tolist(), theirs.boxes.cls.tolist()))
+        assert expected and len(ours) == len(expected)
+        for box, confidence, class_id in expected:
+            same_class = [d for d in ours if d["class_id"] == int(class_id)]
+            best = max(same_class, key=lambda d: box_iou(box, [d["box"][k] for k in ("x1", "y1", "x2", "y2")]))
+            assert box_iou(box, [best["box"][k] for k in ("x1", "y1", "x2", "y2")]) >= 0.9
+            assert abs(best["confidence"] - confidence) <= 0.01
