@@ -210,6 +210,7 @@ def bare_pipeline_rate(
             batch_sizes=batch_buckets(settings.max_batch_size)
             if settings.fixed_batch_shapes and spec.dynamic_batch
             else None,
+            image_shape=(spec.channels, spec.height, spec.width),
         )
         for _ in range(layout.sessions)
     ]

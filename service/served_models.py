@@ -62,6 +62,7 @@ class ServedModels:
                 input_name=manifest.input.name,
                 output_names=manifest.output.names,
                 batch_sizes=buckets if manifest.input.dynamic_batch else None,
+                image_shape=(manifest.input.channels, manifest.input.height, manifest.input.width),
             )
             # Before the worker says it is ready: first runs pay for kernel searches and engine builds.
             warm_up_s = session.warm_up()

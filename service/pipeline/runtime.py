@@ -158,8 +158,11 @@ def create_session(
     input_name: str,
     output_names: list[str],
     batch_sizes: tuple[int, ...] | None = None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> InferenceSession:
-    """A model's session(s): one per batch size of `batch_sizes`, or one for any batch size."""
+    """A model's session(s): one per batch size of `batch_sizes`, or one for any batch size.
+
+    `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic."""
     path = str(model_path)
     # A plain CPU session reads the graph's signature (and on CPU serves as the session for any size).
     probe = ort.InferenceSession(path, sess_options=runtime.session_options(), providers=[CPU])
@@ -172,13 +175,13 @@ def create_session(
     if missing:
         raise ValueError(f"{model_path}: graph has no outputs {missing} (it has {graph_outputs})")
     shape, element = graph_inputs[0].shape, graph_inputs[0].type
-    if not all(isinstance(d, int) for d in shape[1:]) or element not in _ONNX_DTYPES:
-        raise ValueError(
-            f"{model_path}: the input must be uint8, float or float16 with fixed image axes, "
-            f"got {element} of shape {shape}"
-        )
+    if element not in _ONNX_DTYPES:
+        raise ValueError(f"{model_path}: the input must be uint8, float or float16, got {element}")
+    fixed = all(isinstance(d, int) for d in shape[1:])
+    if not fixed and image_shape is None:
+        raise ValueError(f"{model_path}: the input's image axes are dynamic ({shape}): give the shape to feed")
     dynamic_batch = not isinstance(shape[0], int)  # else one image per run (torchvision detectors)
-    image_shape = tuple(shape[1:])
+    image_shape = tuple(shape[1:]) if fixed else tuple(image_shape)
 
     def make(profile: tuple[tuple[int, ...], tuple[int, ...]] | None) -> ort.InferenceSession:
         providers = runtime.providers(input_name, profile)

@@ -143,3 +143,20 @@ def test_a_session_that_falls_back_to_cpu_is_refused(doubling_model):
     # onnxruntime, asked for CUDA without a GPU, silently runs on CPU: the check reads it back.
     with pytest.raises(ProviderUnavailable, match="asked for CUDAExecutionProvider but runs the graph on CPU"):
         create_session(doubling_model, RuntimeOptions(CUDA), input_name="images", output_names=["doubled"])
+
+
+def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(tmp_path):
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, "h", "w"])
+    y = helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 1, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Add", ["images", "images"], ["doubled"])], "double", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ValueError, match="image axes are dynamic"):
+        create_session(path, ON_CPU, input_name="images", output_names=["doubled"])
+    session = create_session(
+        path, ON_CPU, input_name="images", output_names=["doubled"], batch_sizes=(1, 2), image_shape=(1, 8, 6)
+    )
+    session.warm_up()
+    assert session.input_shape == (1, 8, 6) and session.rows_run == {1, 2}
