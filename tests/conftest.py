@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +16,9 @@ from service.pipeline.providers import CUDA, probe_host_gpu
 from service.thresholds.store import ThresholdStore, ThresholdStoreError
 
 __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
 
@@ -64,6 +68,24 @@ def postgres_url() -> str:
     except ThresholdStoreError as exc:
         pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {exc}")
     return url
+
+
+@contextmanager
+def app_in_process(model_store: Path, state_dir: Path) -> Iterator[TestClient]:
+    """The API on the models of `model_store`, run in this process (no server): Starlette's test client."""
+    from starlette.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.config import Settings
+    from service.served_models import ServedModels
+
+    settings = Settings(model_store=model_store, state_dir=state_dir, workers=1)
+    models = ServedModels.load(settings)
+    try:
+        with TestClient(create_app(settings, lambda: models)) as client:
+            yield client
+    finally:
+        models.close()
 
 
 @contextmanager

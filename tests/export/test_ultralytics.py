@@ -15,9 +15,7 @@ from starlette.testclient import TestClient
 
 from export.cli import main
 from export.synthetic import generate_weld
-from service.api.app import create_app
-from service.config import Settings
-from service.served_models import ServedModels
+from tests.conftest import app_in_process
 
 ultralytics = pytest.importorskip("ultralytics", reason="ultralytics (a test-only dependency) is not installed")
 cv2 = pytest.importorskip("cv2", reason="OpenCV, which ultralytics installs, is missing")
@@ -74,13 +72,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     store = tmp_path_factory.mktemp("store")
     assert main(["import", "--onnx", str(exported), "--name", "weld-yolo", "--store", str(store)]) == 0
-    settings = Settings(model_store=store, state_dir=tmp_path_factory.mktemp("state"), workers=1)
-    models = ServedModels.load(settings)
-    try:
-        with TestClient(create_app(settings, lambda: models)) as client:
-            yield client
-    finally:
-        models.close()
+    with app_in_process(store, tmp_path_factory.mktemp("state")) as client:
+        yield client
 
 
 def box_iou(a: list[float], b: list[float]) -> float:

@@ -8,22 +8,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from export.synthetic import encode_image, generate_weld
-from service.api.app import create_app
 from service.api.schemas import ErrorResponse, ModelList, Prediction
-from service.config import Settings
-from service.served_models import ServedModels
-from tests.conftest import MODEL_STORE
+from tests.conftest import MODEL_STORE, app_in_process
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(model_store=MODEL_STORE, state_dir=tmp_path_factory.mktemp("state"), workers=1)
-    models = ServedModels.load(settings)
-    try:
-        with TestClient(create_app(settings, lambda: models)) as client:
-            yield client
-    finally:
-        models.close()
+    with app_in_process(MODEL_STORE, tmp_path_factory.mktemp("state")) as client:
+        yield client
 
 
 def test_the_served_models_are_listed(api):
