@@ -57,8 +57,9 @@ from service.config import Settings
 from service.metrics import STAGES
 from service.model_store import ModelVersion, load_version
 from service.pipeline.decode import decode_image
-from service.pipeline.preprocess import to_batch, to_model_input
-from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
+from service.pipeline.preprocess import decode_target, to_batch, to_model_input
+from service.pipeline.runtime import RuntimeOptions
+from service.served_models import open_session
 
 SERVED_TARGET = 0.85
 LATENCY_TARGET = 3.0
@@ -201,19 +202,7 @@ def bare_pipeline_rate(
     manifest = version.manifest
     spec = manifest.input
     runtime = replace(RuntimeOptions.from_settings(settings), threads=layout.threads_per_session)
-    sessions = [
-        create_session(
-            version.onnx_path,
-            runtime,
-            input_name=spec.name,
-            output_names=manifest.output.names,
-            batch_sizes=batch_buckets(settings.max_batch_size)
-            if settings.fixed_batch_shapes and spec.dynamic_batch
-            else None,
-            image_shape=(spec.channels, spec.height, spec.width),
-        )
-        for _ in range(layout.sessions)
-    ]
+    sessions = [open_session(version, settings, runtime) for _ in range(layout.sessions)]
     for session in sessions:
         session.warm_up()
     max_batch = settings.max_batch_size if spec.dynamic_batch else 1
@@ -227,7 +216,7 @@ def bare_pipeline_rate(
             decoded = decode_image(
                 frames[index % len(frames)],
                 channels=spec.channels,
-                target_size=(spec.width, spec.height),
+                target_size=decode_target(spec),
                 max_pixels=settings.max_pixels,
             )
             tensor, _ = to_model_input(decoded, spec)

@@ -11,7 +11,7 @@ from service.metrics import inspection_metrics
 from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
 from service.pipeline.predictor import Predictor
 from service.pipeline.providers import choose_provider, probe_host_gpu, unused_gpu
-from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
+from service.pipeline.runtime import InferenceSession, RuntimeOptions, batch_buckets, create_session
 from service.thresholds.store import ThresholdStore
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,11 @@ class ServedModels:
         thresholds = thresholds or ThresholdStore.from_settings(settings)
         metrics = inspection_metrics()
         runtime = RuntimeOptions.from_settings(settings)
-        buckets = batch_buckets(settings.max_batch_size) if settings.fixed_batch_shapes else None
         predictors: dict[str, Predictor] = {}
         for model in configured_versions(settings):
             manifest = model.manifest
             name = manifest.name
-            session = create_session(
-                model.onnx_path,
-                runtime,
-                input_name=manifest.input.name,
-                output_names=manifest.output.names,
-                batch_sizes=buckets if manifest.input.dynamic_batch else None,
-                image_shape=(manifest.input.channels, manifest.input.height, manifest.input.width),
-            )
+            session = open_session(model, settings, runtime)
             # Before the worker says it is ready: first runs pay for kernel searches and engine builds.
             warm_up_s = session.warm_up()
             predictors[name] = Predictor(model, session, settings, pool)
@@ -97,6 +89,22 @@ class ServedModels:
             predictor.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.thresholds.close()
+
+
+def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOptions) -> InferenceSession:
+    """One model version's onnxruntime session(s), at the batch sizes and input shape the settings and
+    its manifest give."""
+    spec = model.manifest.input
+    return create_session(
+        model.onnx_path,
+        runtime,
+        input_name=spec.name,
+        output_names=model.manifest.output.names,
+        batch_sizes=batch_buckets(settings.max_batch_size)
+        if settings.fixed_batch_shapes and spec.dynamic_batch
+        else None,
+        image_shape=(spec.channels, spec.height, spec.width),
+    )
 
 
 def configured_versions(settings: Settings) -> list[ModelVersion]:

@@ -72,11 +72,12 @@ class MicroBatcher:
 
     async def submit(self, item: np.ndarray) -> BatchedResult:
         loop = asyncio.get_running_loop()
-        if self._loop_task is None or self._loop_task.done() or self._loop_task.get_loop() is not loop:
-            # Created lazily so that queue and task belong to the running event loop; started again
-            # should it ever have ended, so that no request waits on a loop that is gone.
-            if self._queue is None or self._loop_task is None or self._loop_task.get_loop() is not loop:
-                self._queue = asyncio.Queue()
+        task = self._loop_task
+        # Queue and task are made lazily, so that they belong to the running event loop; the task is
+        # started again should it ever have ended, so that no request waits on a loop that is gone.
+        if task is None or task.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+        if task is None or task.done() or task.get_loop() is not loop:
             self._loop_task = loop.create_task(self._serve_batches())
         assert self._queue is not None
         pending = _Pending(item=item, future=loop.create_future())

@@ -27,7 +27,7 @@ from service.pipeline.batching import BatchedResult, MicroBatcher
 from service.pipeline.decode import decode_image
 from service.pipeline.geometry import Geometry
 from service.pipeline.heads import HEADS, PredictionOptions
-from service.pipeline.preprocess import to_batch, to_model_input
+from service.pipeline.preprocess import decode_target, to_batch, to_model_input
 from service.pipeline.runtime import InferenceSession
 from service.thresholds.rules import ThresholdSet, resolve
 
@@ -86,9 +86,9 @@ class Predictor:
     def _prepare(self, data: bytes, active: ActiveThresholds) -> PreparedImage:
         spec = self.manifest.input
         started = time.perf_counter()
-        # A JPEG reduced while decoding is an antialiased shrink: not for a model trained without one.
-        target_size = (spec.width, spec.height) if spec.resize_filter == "bilinear_antialias" else None
-        decoded = decode_image(data, channels=spec.channels, target_size=target_size, max_pixels=self._max_pixels)
+        decoded = decode_image(
+            data, channels=spec.channels, target_size=decode_target(spec), max_pixels=self._max_pixels
+        )
         decoded_at = time.perf_counter()
         tensor, geometry = to_model_input(decoded, spec)
         prepared_at = time.perf_counter()

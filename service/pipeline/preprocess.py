@@ -27,6 +27,12 @@ def geometry_for(spec: InputSpec, original_width: int, original_height: int) -> 
     return Geometry.stretch(original, model_input)
 
 
+def decode_target(spec: InputSpec) -> tuple[int, int] | None:
+    """The size a JPEG may be reduced towards while decoding (`decode_image`), or None for full size:
+    a reduction while decoding shrinks with antialiasing, not for a model trained without it."""
+    return (spec.width, spec.height) if spec.resize_filter == "bilinear_antialias" else None
+
+
 def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
     """Resize and pad one image; returns a (C, H, W) uint8 array and how it maps back."""
     geometry = geometry_for(spec, decoded.original_width, decoded.original_height)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ class InferenceSession:
     input_dtype: np.dtype
     rows_run: set[int] = field(default_factory=set)  # the batch sizes run so far (warm-up included)
 
-    @property
+    @cached_property
     def batch_sizes(self) -> tuple[int, ...] | None:
         """The fixed batch sizes batches are padded up to; None: any size runs as it is."""
         return None if 0 in self.sessions else tuple(sorted(self.sessions))
@@ -164,8 +165,10 @@ def create_session(
 
     `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic."""
     path = str(model_path)
-    # A plain CPU session reads the graph's signature (and on CPU serves as the session for any size).
-    probe = ort.InferenceSession(path, sess_options=runtime.session_options(), providers=[CPU])
+    # A CPU session without graph optimisation reads the graph's signature at little cost.
+    signature = ort.SessionOptions()
+    signature.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    probe = ort.InferenceSession(path, sess_options=signature, providers=[CPU])
     graph_inputs = probe.get_inputs()
     graph_outputs = [o.name for o in probe.get_outputs()]
     if [i.name for i in graph_inputs] != [input_name]:
@@ -189,8 +192,6 @@ def create_session(
 
     if batch_sizes and dynamic_batch:
         sessions = {rows: make(((rows, *image_shape), (rows, *image_shape))) for rows in batch_sizes}
-    elif runtime.provider == CPU:
-        sessions = {0: probe}
     else:
         largest = max(batch_sizes or (1,))
         sessions = {0: make(((1, *image_shape), (largest, *image_shape)) if dynamic_batch else None)}
