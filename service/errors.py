@@ -81,7 +81,7 @@ class TimedOut(InspectionError):
 
 # What the frameworks under the API (Starlette's routing, FastAPI's body parsing) raise, by status,
 # answered in the same `{"error": ...}` form.
-FRAMEWORK_ERRORS: dict[int, type[InspectionError]] = {
+_FRAMEWORK_ERRORS: dict[int, type[InspectionError]] = {
     400: MalformedRequest,
     404: NotFound,
     405: MethodNotAllowed,
@@ -89,3 +89,13 @@ FRAMEWORK_ERRORS: dict[int, type[InspectionError]] = {
     415: UnsupportedMediaType,
     422: InvalidParameters,
 }
+
+
+def error_for_status(status: int, message: str) -> InspectionError:
+    """The error a framework's answer of `status` stands for, with its code (`http_error` if none)."""
+    kind = _FRAMEWORK_ERRORS.get(status)
+    if kind is not None:
+        return kind(message)
+    error = InspectionError(message)
+    error.status, error.code = status, "http_error"
+    return error

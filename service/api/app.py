@@ -20,13 +20,13 @@ from starlette.routing import Match
 
 from service.api.admission import Admission
 from service.api.body import IMAGE_FIELD, read_image_bytes
+from service.api.contract import error_response
 from service.api.limits import RequestLimits
 from service.api.query import QUERY_PARAMETERS, parse_options
 from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction, ThresholdsView
 from service.api.thresholds import thresholds_router
 from service.config import Settings
 from service.errors import (
-    FRAMEWORK_ERRORS,
     InspectionError,
     InvalidParameters,
     MalformedRequest,
@@ -34,6 +34,7 @@ from service.errors import (
     NotFound,
     Overloaded,
     Unauthorized,
+    error_for_status,
 )
 from service.metrics import UNKNOWN_MODEL, inspection_metrics
 from service.pipeline.decode import SUPPORTED_FORMATS
@@ -186,15 +187,11 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
 
     @app.exception_handler(InspectionError)
     async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
-        headers = _ERROR_HEADERS.get(type(exc))
-        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+        return error_response(exc, _ERROR_HEADERS.get(type(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = FRAMEWORK_ERRORS.get(exc.status_code)
-        code = kind.code if kind else "http_error"
-        body = {"error": {"code": code, "message": str(exc.detail)}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return error_response(error_for_status(exc.status_code, str(exc.detail)), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -203,7 +200,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
         error = (
             MalformedRequest(f"the body is not valid JSON: {details}") if unparseable else InvalidParameters(details)
         )
-        return JSONResponse(error.to_json(), status_code=error.status)
+        return error_response(error)
 
     # These read the active thresholds from the database: plain functions, so that FastAPI runs them
     # in its thread pool, off the event loop that carries the predictions (as the thresholds routes).
@@ -256,7 +253,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
             error = MethodNotAllowed(
                 f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
             )
-            return JSONResponse(error.to_json(), status_code=error.status, headers={"Allow": ", ".join(allowed)})
+            return error_response(error, {"Allow": ", ".join(allowed)})
         raise NotFound(f"no route for {request.method} {request.url.path}; see /v1/docs")
 
     return app

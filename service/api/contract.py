@@ -8,12 +8,13 @@ into `{"error": {"code", "message"}}` with the same status and headers.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from http import HTTPStatus
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import FRAMEWORK_ERRORS
+from service.errors import InspectionError, error_for_status
 
 
 class PlainErrorsAsJson:
@@ -37,9 +38,8 @@ class PlainErrorsAsJson:
             if message.get("more_body", False):
                 return  # short plain-text bodies: the whole text is not needed
             status = held["status"]
-            kind = FRAMEWORK_ERRORS.get(status)
             text = "no route for this method and path; see /v1/docs" if status == 404 else _status_text(status)
-            body = json.dumps({"error": {"code": kind.code if kind else "http_error", "message": text}}).encode()
+            body = error_response(error_for_status(status, text)).body
             headers = [
                 (name, value)
                 for name, value in held["headers"]
@@ -49,6 +49,11 @@ class PlainErrorsAsJson:
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, send_in_contract)
+
+
+def error_response(error: InspectionError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """`{"error": {"code", "message"}}` with the error's status: every error answer of the API."""
+    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
 
 
 def _plain_error(message: Message) -> bool:

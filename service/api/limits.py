@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.contract import error_response
 from service.errors import HeadersTooLarge, InspectionError, TimedOut
 
 
@@ -65,4 +65,4 @@ class RequestLimits:
 
 
 async def _answer(error: InspectionError, scope: Scope, receive: Receive, send: Send) -> None:
-    await JSONResponse(error.to_json(), status_code=error.status)(scope, receive, send)
+    await error_response(error)(scope, receive, send)
