@@ -363,7 +363,7 @@ def _request(
         height=height,
         width=width,
         resize=_parse(fields, "resize", str, default="stretch"),
-        resize_filter=_parse(fields, "resize_filter", _resize_filter, default="bilinear_antialias"),
+        resize_filter=_parse(fields, "resize_filter", str, default="bilinear_antialias"),
         mean=mean,
         std=_require(fields, "std", _numbers),
         decoder=decoder,
@@ -443,9 +443,3 @@ def _thresholds(value: Any, defect_classes: list[str]) -> dict[str, float]:
     if isinstance(value, dict):
         return {str(name): _fraction(threshold) for name, threshold in value.items()}
     return parse_class_values(",".join(str(item) for item in _items(value)), defect_classes)
-
-
-def _resize_filter(value: Any) -> str:
-    if value not in ("bilinear_antialias", "linear"):
-        raise ValueError("expected bilinear_antialias or linear")
-    return str(value)

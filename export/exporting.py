@@ -35,6 +35,7 @@ from service.manifest import (
     OutputSpec,
     Provenance,
     Quality,
+    ResizeFilter,
     ResizeMode,
     Task,
 )
@@ -78,7 +79,7 @@ class ExportRequest:
     max_detections: int = 100
     description: str = ""
     fp16: bool = False
-    resize_filter: str = "bilinear_antialias"  # how the trainer resized: see InputSpec.resize_filter
+    resize_filter: ResizeFilter = ResizeFilter.BILINEAR_ANTIALIAS  # how the trainer resized
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(MODEL_NAME_PATTERN, self.name):
@@ -86,7 +87,12 @@ class ExportRequest:
                 f"bad model name {self.name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        for attribute, kind in (("task", Task), ("decoder", OutputDecoder), ("resize", ResizeMode)):
+        for attribute, kind in (
+            ("task", Task),
+            ("decoder", OutputDecoder),
+            ("resize", ResizeMode),
+            ("resize_filter", ResizeFilter),
+        ):
             value = getattr(self, attribute)
             if value not in set(kind):
                 raise ExportError(f"unknown {attribute} {value!r}: use one of {', '.join(kind)}")

@@ -126,9 +126,11 @@ def ultralytics_fields(model: onnx.ModelProto, graph: GraphInput) -> tuple[dict[
         "mean": [0.0] * channels,
         "std": [1.0] * channels,
     }
+    defaults = ULTRALYTICS_DEFAULTS
     said = (
         f"ultralytics detector: {len(classes)} classes ({', '.join(classes)}), input {height}x{width} "
-        f"(stride {stride}), letterbox with OpenCV's linear resize, pixels / 255, confidence 0.25, NMS IoU 0.7, at most 300 detections; "
+        f"(stride {stride}), letterbox with OpenCV's linear resize, pixels / 255, confidence "
+        f"{defaults['thresholds']}, NMS IoU {defaults['nms_iou']}, at most {defaults['max_detections']} detections; "
         "options override any of these"
     )
     return fields, said, stride

@@ -35,6 +35,11 @@ class ResizeMode(StrEnum):
     LETTERBOX = "letterbox"
 
 
+class ResizeFilter(StrEnum):
+    BILINEAR_ANTIALIAS = "bilinear_antialias"  # Pillow's bilinear (torchvision on PIL images)
+    LINEAR = "linear"  # OpenCV's INTER_LINEAR: no antialiasing when shrinking (ultralytics)
+
+
 class OutputDecoder(StrEnum):
     SOFTMAX = "softmax"  # classification logits [N, C]
     SIGMOID = "sigmoid"  # multi-label classification logits [N, C]
@@ -61,8 +66,8 @@ class InputSpec(_Strict):
     width: int = Field(ge=8, le=8192, description="Model input width in pixels.")
     resize: ResizeMode = Field(description="`stretch` to the input size, or `letterbox` (keep aspect, pad).")
     letterbox_fill: int = Field(default=114, ge=0, le=255, description="Pad value for letterbox.")
-    resize_filter: Literal["bilinear_antialias", "linear"] = Field(
-        default="bilinear_antialias",
+    resize_filter: ResizeFilter = Field(
+        default=ResizeFilter.BILINEAR_ANTIALIAS,
         description="How frames are resized to the input, as the trainer did: `bilinear_antialias` (Pillow's, "
         "as torchvision pipelines on PIL images; JPEG frames may be reduced while decoding), or `linear` "
         "(OpenCV's INTER_LINEAR: no antialiasing when shrinking, frames decoded at full size; ultralytics).",

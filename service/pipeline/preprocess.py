@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from service.manifest import InputSpec, ResizeMode
+from service.manifest import InputSpec, ResizeFilter, ResizeMode
 from service.pipeline.decode import DecodedImage
 from service.pipeline.geometry import Geometry
 
@@ -30,7 +30,7 @@ def geometry_for(spec: InputSpec, original_width: int, original_height: int) -> 
 def decode_target(spec: InputSpec) -> tuple[int, int] | None:
     """The size a JPEG may be reduced towards while decoding (`decode_image`), or None for full size:
     a reduction while decoding shrinks with antialiasing, not for a model trained without it."""
-    return (spec.width, spec.height) if spec.resize_filter == "bilinear_antialias" else None
+    return (spec.width, spec.height) if spec.resize_filter == ResizeFilter.BILINEAR_ANTIALIAS else None
 
 
 def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
@@ -51,7 +51,7 @@ def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, 
     return chw, geometry
 
 
-def resize(image: Image.Image, size: tuple[int, int], resize_filter: str) -> Image.Image:
+def resize(image: Image.Image, size: tuple[int, int], resize_filter: ResizeFilter) -> Image.Image:
     """`image` at `size` (width, height) with the model's filter.
 
     `bilinear_antialias`: Pillow's bilinear, which widens its kernel when shrinking (antialiasing).
@@ -59,7 +59,7 @@ def resize(image: Image.Image, size: tuple[int, int], resize_filter: str) -> Ima
     centre whatever the scale: an affine transform with bilinear sampling computes exactly that
     when shrinking; growing, both filters are the same bilinear interpolation.
     """
-    if resize_filter == "linear" and (size[0] < image.width or size[1] < image.height):
+    if resize_filter == ResizeFilter.LINEAR and (size[0] < image.width or size[1] < image.height):
         scale_x, scale_y = image.width / size[0], image.height / size[1]
         return image.transform(
             size, Image.Transform.AFFINE, (scale_x, 0, 0, 0, scale_y, 0), resample=Image.Resampling.BILINEAR
