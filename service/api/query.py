@@ -12,7 +12,7 @@ from typing import Any
 
 from service.errors import InvalidParameters
 from service.manifest import ModelManifest, Task
-from service.pipeline.heads import PredictionOptions
+from service.tasks import PredictionOptions
 from service.thresholds.rules import is_threshold, parse_class_values, unknown_classes
 
 # name -> (OpenAPI schema, description); the query parameters a prediction accepts.

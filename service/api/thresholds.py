@@ -35,8 +35,8 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from service.pipeline.heads import PredictionOptions
 from service.served_models import ServedModels
+from service.tasks import HEADS, PredictionOptions
 from service.thresholds.report import SweepReport
 from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
@@ -225,6 +225,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         models = served_models()
         predictor = models.get(model)
         manifest = predictor.manifest
+        head = HEADS[manifest.task]
         wanted = _parse_targets(targets, manifest.defect_classes) if targets else {}
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ZIP_TYPES:
@@ -236,7 +237,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         )
         try:
             files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
-            samples = read_samples(files, manifest)
+            samples = read_samples(files, manifest, head.read_labels)
         except SampleSetError as exc:
             raise MalformedRequest(f"samples: {exc}") from exc
         if len(samples) > settings.max_sweep_images:
@@ -244,7 +245,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
 
         active = models.thresholds.active(manifest)
         options = PredictionOptions(thresholds={name: 0.0 for name in manifest.defect_classes})
-        tally = SweepTally(manifest)
+        tally = SweepTally(manifest, head.evidence(manifest))
         progress = Progress(len(samples), lambda line: log.info("sweep of %s: %s", manifest.name, line))
         limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
 

@@ -36,7 +36,6 @@ class ModelRunError(RuntimeError):
 @dataclass(frozen=True)
 class BatchedResult:
     outputs: list[np.ndarray]  # this image's slice of every graph output
-    batch_size: int
     queue_wait_s: float
     inference_s: float
 
@@ -130,7 +129,6 @@ class MicroBatcher:
                 p.future.set_result(
                     BatchedResult(
                         outputs=per_image,
-                        batch_size=len(batch),
                         queue_wait_s=started - p.enqueued_at,
                         inference_s=inference_s,
                     )

@@ -26,9 +26,9 @@ from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
 from service.pipeline.decode import decode_image
 from service.pipeline.geometry import Geometry
-from service.pipeline.heads import HEADS, PredictionOptions
 from service.pipeline.preprocess import decode_target, to_batch, to_model_input
 from service.pipeline.runtime import InferenceSession
+from service.tasks import HEADS, PredictionOptions
 from service.thresholds.rules import ThresholdSet, resolve
 
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from service.manifest import ModelManifest, Task
+from service.manifest import ModelManifest
 from service.thresholds.evaluation import confusion_matrix, match_detections
 from service.thresholds.report import (
     ClassSweep,
@@ -41,14 +41,11 @@ from service.thresholds.report import (
     SweepReport,
 )
 
+if TYPE_CHECKING:
+    from service.tasks import TaskEvidence
+
 MATCH_IOU = 0.5
 NONE_LABEL = "none"  # the predicted label of an image no class flags, for models without a background class
-
-POSITIVE_DEFINITIONS = {
-    Task.CLASSIFICATION: "an image labelled with the class",
-    Task.DETECTION: f"a labelled box of the class; a detection of it is a true positive at IoU >= {MATCH_IOU}",
-    Task.SEGMENTATION: "an image whose label mask contains the class (image-level decision)",
-}
 
 Basis = Literal["target_recall", "max_f1", "unchanged"]
 
@@ -223,82 +220,7 @@ def confusion_at(
     return labels, matrix
 
 
-class _ClassificationEvidence:
-    """Image-level evidence from class scores; the confusion matrix at the proposed thresholds."""
-
-    def __init__(self, manifest: ModelManifest) -> None:
-        self.manifest = manifest
-        self._scores: list[list[float]] = []  # per image, every class
-
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        if truth.label not in self.manifest.classes:
-            raise ValueError(f"label {truth.label!r} is not one of {self.manifest.classes}")
-        self._scores.append([float(answer["scores"][name]) for name in self.manifest.classes])
-
-    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
-        defects = self.manifest.defect_classes
-        columns = [self.manifest.classes.index(name) for name in defects]
-        scores = np.array(self._scores, dtype=np.float64).reshape(-1, len(self.manifest.classes))[:, columns]
-        return image_evidence(_presence(truths, defects), scores, defects)
-
-    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> tuple[list[str], np.ndarray] | None:
-        labels = [t.label or "" for t in truths]
-        scores = np.array(self._scores, dtype=np.float64)
-        return confusion_at(labels, scores, self.manifest.classes, self.manifest.background_class, proposed)
-
-
-class _SegmentationEvidence:
-    """Image-level evidence: a class is flagged at the highest confidence of its mask."""
-
-    def __init__(self, manifest: ModelManifest) -> None:
-        self.classes = manifest.defect_classes
-        self._scores: list[list[float]] = []  # per image, per defect class
-
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        found = {s["class_name"]: float(s["confidence"]) for s in answer["segments"]}
-        self._scores.append([found.get(name, -np.inf) for name in self.classes])
-
-    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
-        scores = np.array(self._scores, dtype=np.float64).reshape(-1, len(self.classes))
-        return image_evidence(_presence(truths, self.classes), scores, self.classes)
-
-    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> None:
-        return None
-
-
-class _DetectionEvidence:
-    """Box-level evidence: detections matched to labelled boxes."""
-
-    def __init__(self, manifest: ModelManifest) -> None:
-        self.classes = manifest.defect_classes
-        self._detections: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
-
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        found = answer["detections"]
-        self._detections.append(
-            (
-                np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in found], dtype=np.float64),
-                np.array([d["confidence"] for d in found], dtype=np.float64),
-                [d["class_name"] for d in found],
-            )
-        )
-
-    def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
-        return detection_evidence([(t.boxes, t.box_classes) for t in truths], self._detections, self.classes)
-
-    def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> None:
-        return None
-
-
-# How a sweep scores each task's answers against the labels.
-_EVIDENCE = {
-    Task.CLASSIFICATION: _ClassificationEvidence,
-    Task.DETECTION: _DetectionEvidence,
-    Task.SEGMENTATION: _SegmentationEvidence,
-}
-
-
-def _presence(truths: list[Truth], classes: Sequence[str]) -> np.ndarray:
+def presence(truths: list[Truth], classes: Sequence[str]) -> np.ndarray:
     """(images, classes) bool: which classes each image's labels contain."""
     truth = np.array([[name in t.present for name in classes] for t in truths], dtype=bool)
     return truth.reshape(len(truths), len(classes))
@@ -308,18 +230,19 @@ class SweepTally:
     """Gathers, image by image, each labelled image's truth and the model's answer at threshold 0
     (the service's prediction JSON), and turns them into evidence and a report."""
 
-    def __init__(self, manifest: ModelManifest) -> None:
+    def __init__(self, manifest: ModelManifest, scorer: TaskEvidence) -> None:
+        """`scorer`: the task head's, `HEADS[manifest.task].evidence(manifest)` (`service.tasks`)."""
         self.manifest = manifest
         self.classes = list(manifest.defect_classes)
         self._truths: list[Truth] = []
-        self._task = _EVIDENCE[manifest.task](manifest)
+        self._scorer = scorer
 
     def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        self._task.add(truth, answer)
+        self._scorer.add(truth, answer)
         self._truths.append(truth)
 
     def evidence(self) -> dict[str, ClassEvidence]:
-        return self._task.evidence(self._truths)
+        return self._scorer.evidence(self._truths)
 
     def report(
         self,
@@ -352,10 +275,11 @@ class SweepTally:
                 at_current=counts(evidence, np.array([float(current[name])])),
             )
         proposed = {name: tuning.choice.threshold for name, tuning in classes.items()}
-        confusion = self._task.confusion(self._truths, proposed)
+        confusion = self._scorer.confusion(self._truths, proposed)
         return TuningReport(
             manifest=self.manifest,
             images=len(self._truths),
+            positive=self._scorer.positive,
             revision=revision,
             current=dict(current),
             nms_iou=nms_iou,
@@ -377,6 +301,7 @@ class ClassTuning:
 class TuningReport:
     manifest: ModelManifest
     images: int
+    positive: str  # what one positive is, for this task
     revision: int  # the active revision when the sweep ran: the base of the proposal
     current: dict[str, float]
     nms_iou: float | None  # the NMS IoU the detections were made with
@@ -400,7 +325,7 @@ class TuningReport:
             model_version=manifest.version,
             task=manifest.task.value,
             images=self.images,
-            positive=POSITIVE_DEFINITIONS[manifest.task],
+            positive=self.positive,
             thresholds_revision=self.revision,
             nms_iou=self.nms_iou,
             classes={name: _class_sweep(tuning, self.current[name]) for name, tuning in self.classes.items()},

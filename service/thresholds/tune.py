@@ -26,9 +26,10 @@ import httpx
 import numpy as np
 
 from service.manifest import ModelManifest
+from service.tasks import HEADS
 from service.thresholds.rules import parse_class_values
 from service.thresholds.samples import FolderFiles, LabelledImage, SampleSetError, read_samples
-from service.thresholds.sweep import POSITIVE_DEFINITIONS, ClassTuning, Progress, SweepTally, TuningReport
+from service.thresholds.sweep import ClassTuning, Progress, SweepTally, TuningReport
 
 TOKEN_ENV = "INSPECTION_ADMIN_TOKEN"
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> TuningReport:
         description = _ok(client.get(f"/v1/models/{args.model}"))
         manifest = ModelManifest.model_validate(description["manifest"])
         active = description["thresholds"]
-        samples = read_samples(FolderFiles(args.samples), manifest)
+        samples = read_samples(FolderFiles(args.samples), manifest, HEADS[manifest.task].read_labels)
         tally = sweep(client, manifest, samples, args.samples, args.concurrency)
         try:
             report = tally.report(active["values"], active["revision"], active["nms_iou"], dict(args.target), args.step)
@@ -100,7 +101,7 @@ def sweep(
         progress.advance()
         return answer
 
-    tally = SweepTally(manifest)
+    tally = SweepTally(manifest, HEADS[manifest.task].evidence(manifest))
     print(f"tune: {len(samples)} labelled images, {concurrency} requests at a time", file=sys.stderr, flush=True)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for sample, answer in zip(samples, pool.map(predict, samples), strict=True):
@@ -115,7 +116,7 @@ def render(report: TuningReport) -> str:
         f"{manifest.ref} ({manifest.task.value}), {report.images} labelled images, "
         f"thresholds revision {report.revision}"
         + (f", NMS IoU {report.nms_iou}" if report.nms_iou is not None else ""),
-        f"positive: {POSITIVE_DEFINITIONS[manifest.task]}",
+        f"positive: {report.positive}",
         "",
         f"{'class':<12}{'positives':>10}  {'':<6}{'threshold':>10}{'precision':>10}{'recall':>8}{'F1':>7}"
         f"{'TP':>6}{'FP':>6}{'FN':>6}  basis",

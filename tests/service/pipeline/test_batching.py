@@ -38,7 +38,6 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_answer():
     assert [int(r.outputs[0][0]) for r in results] == [2 * i for i in range(10)]
     assert sum(model.batch_sizes) == 10
     assert max(model.batch_sizes) == 4 and len(model.batch_sizes) < 10
-    assert {r.batch_size for r in results} <= set(model.batch_sizes)
     assert len(model.threads) == 1  # one dedicated inference thread
 
 
@@ -53,7 +52,7 @@ def test_a_lone_request_waits_at_most_the_window():
 
     result, elapsed = asyncio.run(scenario())
     batcher.close()
-    assert result.batch_size == 1
+    assert model.batch_sizes == [1]  # ran alone
     assert 0.04 <= result.queue_wait_s and elapsed < 1.0
 
 

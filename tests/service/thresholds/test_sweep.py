@@ -12,6 +12,8 @@ import pytest
 
 from export.samples import write_sample_set
 from export.synthetic import generate_weld
+from service.manifest import ModelManifest
+from service.tasks import HEADS
 from service.thresholds.samples import FolderFiles, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import (
     ClassEvidence,
@@ -39,8 +41,12 @@ SCORES = [
 ]
 
 
+def tally_for(manifest: ModelManifest) -> SweepTally:
+    return SweepTally(manifest, HEADS[manifest.task].evidence(manifest))
+
+
 def classification_tally() -> SweepTally:
-    tally = SweepTally(make_manifest(classes=CLASSES))
+    tally = tally_for(make_manifest(classes=CLASSES))
     for label, scores in zip(LABELS, SCORES, strict=True):
         truth = Truth(present=frozenset({label}) - {"no_defect"}, label=label)
         tally.add(truth, {"scores": dict(zip(CLASSES, scores, strict=True))})
@@ -144,7 +150,7 @@ def detection_tally() -> SweepTally:
             [("crack", 0.95, (5, 0, 15, 10))],  # IoU 1/3: false positive, and the crack is missed
         ),
     ]
-    tally = SweepTally(manifest)
+    tally = tally_for(manifest)
     for truth, found in images:
         detections = [
             {"class_name": name, "confidence": score, "box": dict(zip(("x1", "y1", "x2", "y2"), box, strict=True))}
@@ -174,7 +180,7 @@ def test_an_unreachable_target_proposes_the_best_recall_and_says_so():
 
 def test_segmentation_decides_per_image_and_a_class_without_pixels_is_never_flagged():
     manifest = make_manifest(name="weld-segmenter", task="segmentation", classes=SEGMENTATION_CLASSES)
-    tally = SweepTally(manifest)
+    tally = tally_for(manifest)
     for present, segments in [
         ({"crack"}, {"crack": 0.8, "porosity": 0.4}),
         (set(), {"porosity": 0.6}),
@@ -192,7 +198,7 @@ def test_segmentation_decides_per_image_and_a_class_without_pixels_is_never_flag
 def test_a_class_without_labelled_positives_keeps_its_current_threshold():
     evidence = ClassEvidence(scores=np.array([0.2, 0.7]), hits=np.array([False, False]), positives=0)
     assert choose_threshold(counts(evidence, threshold_grid(0.1))) is None
-    tally = SweepTally(make_manifest(classes=CLASSES))
+    tally = tally_for(make_manifest(classes=CLASSES))
     tally.add(Truth(frozenset(), label="no_defect"), {"scores": {"no_defect": 0.9, "porosity": 0.05, "crack": 0.05}})
     report = tally.report({"porosity": 0.42, "crack": 0.37}, revision=1, nms_iou=None)
     assert report.proposal == {"porosity": 0.42, "crack": 0.37}
@@ -233,7 +239,7 @@ def test_progress_reports_count_rate_and_time_left():
 def test_written_sample_sets_read_back_with_the_generators_labels(tmp_path: Path, task, classes):
     manifest = make_manifest(task=task, classes=classes)
     write_sample_set(tmp_path / "set", task, count=6, seed=5, width=160, height=128)
-    samples = read_samples(FolderFiles(tmp_path / "set"), manifest)
+    samples = read_samples(FolderFiles(tmp_path / "set"), manifest, HEADS[manifest.task].read_labels)
     rng = np.random.default_rng(5)
     drawn = [generate_weld(rng, 160, 128) for _ in range(6)]
     by_index = {int(Path(s.name).stem): s.truth for s in samples}
@@ -257,8 +263,10 @@ def test_a_zip_with_one_top_level_folder_reads_like_the_folder(tmp_path: Path):
             if path.is_file():
                 archive.write(path, f"set/{path.relative_to(tmp_path / 'set').as_posix()}")
         archive.writestr("__MACOSX/set/._labels.json", b"junk")
-    from_zip = read_samples(ZipFiles(buffer.getvalue(), max_bytes=10**8, max_files=100), manifest)
-    from_folder = read_samples(FolderFiles(tmp_path / "set"), manifest)
+    from_zip = read_samples(
+        ZipFiles(buffer.getvalue(), max_bytes=10**8, max_files=100), manifest, HEADS[manifest.task].read_labels
+    )
+    from_folder = read_samples(FolderFiles(tmp_path / "set"), manifest, HEADS[manifest.task].read_labels)
     assert [s.name for s in from_zip] == [s.name for s in from_folder]
     assert [s.truth.box_classes for s in from_zip] == [s.truth.box_classes for s in from_folder]
 
@@ -276,7 +284,7 @@ def test_layout_mistakes_name_the_file_and_the_fix(tmp_path: Path):
     (tmp_path / "cls" / "scratch").mkdir(parents=True)
     (tmp_path / "cls" / "scratch" / "a.jpg").write_bytes(b"x")
     with pytest.raises(SampleSetError, match=r"scratch/a.jpg: folder 'scratch' is not a class of weld-classifier"):
-        read_samples(FolderFiles(tmp_path / "cls"), classification)
+        read_samples(FolderFiles(tmp_path / "cls"), classification, HEADS[classification.task].read_labels)
 
     detection = make_manifest(task="detection")
     write_sample_set(tmp_path / "det", "detection", count=2, seed=1, width=160, height=128)
@@ -284,4 +292,4 @@ def test_layout_mistakes_name_the_file_and_the_fix(tmp_path: Path):
     del labels["00001.jpg"]
     (tmp_path / "det" / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(SampleSetError, match=r"does not list \['00001.jpg'\]; give \[\] for an image without defects"):
-        read_samples(FolderFiles(tmp_path / "det"), detection)
+        read_samples(FolderFiles(tmp_path / "det"), detection, HEADS[detection.task].read_labels)
