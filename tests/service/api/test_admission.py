@@ -1,6 +1,6 @@
 import pytest
 
-from service.api.admission import Admission
+from service.api.admission import INITIAL_CORRECTION, Admission
 from service.errors import Overloaded
 
 
@@ -35,7 +35,7 @@ def test_until_a_model_has_been_busy_only_the_in_flight_limit_applies():
 
 def test_a_request_whose_expected_latency_is_over_its_budget_is_refused_at_once():
     clock = Clock()
-    admission = Admission(limit=100, budget_s=0.05, clock=clock)
+    admission = Admission(limit=100, budget_s=0.05, clock=clock, initial_correction=1.0)
     run_busy(admission, clock, "m", answers=50, every_s=0.010)
     assert admission.expected_latency_s("m") == pytest.approx(0.010)
     with admission.slot("m"), admission.slot("m"), admission.slot("m"), admission.slot("m"):
@@ -50,10 +50,40 @@ def test_a_request_whose_expected_latency_is_over_its_budget_is_refused_at_once(
 
 def test_each_model_has_its_own_pace_and_idle_gaps_do_not_count():
     clock = Clock()
-    admission = Admission(limit=100, budget_s=1.0, clock=clock)
+    admission = Admission(limit=100, budget_s=1.0, clock=clock, initial_correction=1.0)
     run_busy(admission, clock, "fast", answers=20, every_s=0.001)
     clock.now += 30.0  # idle: not a measure of the pace
     run_busy(admission, clock, "slow", answers=20, every_s=0.100)
     assert admission.expected_latency_s("fast") == pytest.approx(0.001)
     assert admission.expected_latency_s("slow") == pytest.approx(0.100)
     assert admission.in_flight == 0
+
+
+def test_a_fresh_model_starts_cautious():
+    clock = Clock()
+    admission = Admission(limit=100, budget_s=1.0, clock=clock)
+    run_busy(admission, clock, "m", answers=20, every_s=0.010)
+    assert admission.expected_latency_s("m") == pytest.approx(INITIAL_CORRECTION * 0.010)
+
+
+def test_answers_late_for_their_budget_tighten_admission_and_answers_on_time_relax_it():
+    clock = Clock()
+    admission = Admission(limit=100, budget_s=0.015, clock=clock, initial_correction=1.0)
+    run_busy(admission, clock, "m", answers=50, every_s=0.010)
+
+    def answer(after_s: float, budget_s: float | None = None) -> None:
+        with admission.slot("m", budget_s):
+            clock.now += after_s
+
+    answer(0.001, budget_s=1.0)  # admitted far within its budget: no evidence either way
+    assert admission.expected_latency_s("m") == pytest.approx(0.010)
+    late = 0
+    with pytest.raises(Overloaded, match="over the latency budget of 15 ms"):
+        while late < 20:
+            answer(0.020)  # estimated 10 ms and more, answered after 20: late for 15
+            late += 1
+    assert 8 <= late <= 10  # up ~5% with each late answer: 1.05 ** 9 > 1.5
+    tightened = admission.expected_latency_s("m")
+    for _ in range(100):
+        answer(0.005, budget_s=0.020)  # close to its budget, on time
+    assert admission.expected_latency_s("m") == pytest.approx(tightened * 0.9995**100)  # down 0.05% each
