@@ -13,7 +13,9 @@ Little's law gives the mean; answers spread around it (batches form unevenly, th
 cores, a short queue still takes a whole decode and run). The correction keeps the spread inside the
 budget: it is learnt from the answers to requests admitted close to their budget (an estimate over
 half of it), rising a little with each one answered late and falling a little with each one on
-time, so that it settles where about 1 in 100 of them is late (an online estimate of a quantile).
+time, so that it settles where about 3 in 1,000 of them are late (an online estimate of a
+quantile). Aimed below 1 in 100, since load moves faster than it learns: cameras refused together
+come back together, one second later.
 
 Until a model has been busy once its pace is unknown, and only the limit applies.
 """
@@ -33,9 +35,9 @@ _PACE_WEIGHT = 0.05
 
 # The share of answers to requests admitted close to their budget that may come late. A late answer
 # raises the correction by (1 - share) x step, one on time lowers it by share x step: it settles
-# where `share` of them are late. Steps are relative: doubling takes ~35 late answers.
-_LATE_SHARE = 0.01
-_CORRECTION_STEP = 0.05
+# where `share` of them are late. Steps are relative: doubling takes ~14 late answers.
+LATE_SHARE = 0.003
+CORRECTION_STEP = 0.05
 _CORRECTION_RANGE = (0.5, 4.0)
 _CLOSE_TO_BUDGET = 0.5  # an estimate over this share of its budget is evidence for the correction
 # Where a model's correction starts: cautious, since a fresh worker has seen none of its spread yet.
@@ -64,7 +66,7 @@ class _ModelLoad:
         self.last_answer = now if self.in_flight > 0 else None
 
     def learn(self, late: bool) -> None:
-        step = _CORRECTION_STEP * ((1 - _LATE_SHARE) if late else -_LATE_SHARE)
+        step = CORRECTION_STEP * ((1 - LATE_SHARE) if late else -LATE_SHARE)
         low, high = _CORRECTION_RANGE
         self.correction = min(max(self.correction * (1 + step), low), high)
 

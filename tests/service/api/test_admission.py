@@ -1,6 +1,6 @@
 import pytest
 
-from service.api.admission import INITIAL_CORRECTION, Admission
+from service.api.admission import CORRECTION_STEP, INITIAL_CORRECTION, LATE_SHARE, Admission
 from service.errors import Overloaded
 
 
@@ -86,4 +86,5 @@ def test_answers_late_for_their_budget_tighten_admission_and_answers_on_time_rel
     tightened = admission.expected_latency_s("m")
     for _ in range(100):
         answer(0.005, budget_s=0.020)  # close to its budget, on time
-    assert admission.expected_latency_s("m") == pytest.approx(tightened * 0.9995**100)  # down 0.05% each
+    on_time_step = 1 - CORRECTION_STEP * LATE_SHARE
+    assert admission.expected_latency_s("m") == pytest.approx(tightened * on_time_step**100)
