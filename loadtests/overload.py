@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.frames import Station, line_frames
 from loadtests.server import running_server
-from service.api.app import LATENCY_BUDGET_HEADER
+from service.api.predictions import LATENCY_BUDGET_HEADER
 from service.metrics import LATENCY_BUCKETS
 
 NO_BUDGET_MS = 600_000  # the largest budget a request may carry

@@ -6,10 +6,13 @@ Anything else that escapes is our bug, and answers 500.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class InspectionError(Exception):
     status: int = 500
     code: str = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}  # sent with every answer of this error
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -37,6 +40,7 @@ class MethodNotAllowed(InspectionError):
 
 class Unauthorized(InspectionError):
     status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(InspectionError):
@@ -73,6 +77,7 @@ class InvalidParameters(InspectionError):
 
 class Overloaded(InspectionError):
     status, code = 503, "overloaded"
+    headers = {"Retry-After": "1"}
 
 
 class TimedOut(InspectionError):

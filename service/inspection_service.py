@@ -18,6 +18,7 @@ import bentoml
 
 from service.api.app import create_app
 from service.api.contract import PlainErrorsAsJson
+from service.api.predictions import DirectPredictions
 from service.config import get_settings
 from service.listening import bind_server_socket_for_workers, listen_in_this_worker, worker_argument
 from service.served_models import ServedModels
@@ -66,6 +67,9 @@ def _served_models() -> ServedModels:
     return bentoml.get_current_service().models
 
 
+api = create_app(settings, _served_models)
+
+
 @bentoml.service(
     name="weld-inspection",
     workers=settings.workers,
@@ -76,7 +80,7 @@ def _served_models() -> ServedModels:
     # excluding every URL makes it pass requests straight through.
     **({"tracing": {"excluded_urls": ".*"}} if tracing_off else {}),
 )
-@bentoml.asgi_app(create_app(settings, _served_models), path="/")
+@bentoml.asgi_app(api, path="/")
 class InspectionService:
     def __init__(self) -> None:
         die_with_server()
@@ -94,5 +98,7 @@ class InspectionService:
         self.models.close()
 
 
+# In front of BentoML's router: predictions straight to their endpoint (the first added is the outer).
+InspectionService.add_asgi_middleware(DirectPredictions, endpoint=api.state.predictions, settings=settings)
 # Around BentoML's router: its own plain-text errors (a path no route takes) in the error contract.
 InspectionService.add_asgi_middleware(PlainErrorsAsJson)

@@ -8,21 +8,20 @@ mistake surfaces as an `InspectionError` and answers its own status with
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.api.admission import Admission
-from service.api.body import IMAGE_FIELD, read_image_bytes
+from service.api.body import IMAGE_FIELD
 from service.api.contract import error_response
 from service.api.limits import RequestLimits
-from service.api.query import QUERY_PARAMETERS, parse_options
+from service.api.predictions import LATENCY_BUDGET_HEADER, PredictionEndpoint
+from service.api.query import QUERY_PARAMETERS
 from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction, ThresholdsView
 from service.api.thresholds import thresholds_router
 from service.config import Settings
@@ -32,11 +31,8 @@ from service.errors import (
     MalformedRequest,
     MethodNotAllowed,
     NotFound,
-    Overloaded,
-    Unauthorized,
     error_for_status,
 )
-from service.metrics import UNKNOWN_MODEL, inspection_metrics
 from service.pipeline.decode import SUPPORTED_FORMATS
 from service.served_models import ServedModels
 
@@ -56,11 +52,6 @@ _ERRORS = {
         504: "No answer before the request timeout.",
     }.items()
 }
-_ERROR_HEADERS: dict[type[InspectionError], dict[str, str]] = {
-    Overloaded: {"Retry-After": "1"},
-    Unauthorized: {"WWW-Authenticate": "Bearer"},
-}
-LATENCY_BUDGET_HEADER = "X-Latency-Budget-Ms"
 _PREDICT_REQUEST = {
     "parameters": [
         {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
@@ -95,47 +86,6 @@ _PREDICT_REQUEST = {
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def metered_predictions(served_models: Callable[[], ServedModels]) -> type[APIRoute]:
-    """A route class that times every prediction request and counts its errors by code.
-
-    It wraps the whole route handler, not just the endpoint, so that parameters FastAPI
-    itself rejects before the endpoint runs (a 422) are counted like every other error.
-    """
-
-    class MeteredPredictions(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-            handle = super().get_route_handler()
-
-            async def metered(request: Request) -> Response:
-                started = time.perf_counter()
-                model = request.path_params.get("model", "")
-                label = model if model in served_models() else UNKNOWN_MODEL
-                status, code = 500, None
-                try:
-                    response = await handle(request)
-                    status = response.status_code
-                    return response
-                except InspectionError as exc:
-                    status, code = exc.status, exc.code
-                    raise
-                except RequestValidationError:
-                    status, code = InvalidParameters.status, InvalidParameters.code
-                    raise
-                except Exception:
-                    log.exception("prediction failed for model %s", label)
-                    code = "internal_error"
-                    raise
-                finally:
-                    metrics = inspection_metrics()
-                    if code is not None:
-                        metrics.errors.labels(label, code).inc()
-                    metrics.request_duration.labels(label, str(status)).observe(time.perf_counter() - started)
-
-            return metered
-
-    return MeteredPredictions
-
-
 def describe(models: ServedModels, name: str) -> ModelDescription:
     """A served model: its manifest, the provider and batch sizes it runs at, its active thresholds."""
     predictor = models.get(name)
@@ -155,23 +105,8 @@ def describe(models: ServedModels, name: str) -> ModelDescription:
     )
 
 
-def latency_budget_s(request: Request) -> float | None:
-    """The request's own latency budget (`X-Latency-Budget-Ms`), if it sends one."""
-    given = request.headers.get(LATENCY_BUDGET_HEADER)
-    if given is None:
-        return None
-    try:
-        milliseconds = float(given)
-    except ValueError:
-        milliseconds = float("nan")
-    if not 1.0 <= milliseconds <= 600_000.0:  # also refuses nan and inf
-        raise InvalidParameters(f"{LATENCY_BUDGET_HEADER} must be a number of milliseconds from 1 to 600000")
-    return milliseconds / 1000.0
-
-
 def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
     """The API; `served_models` returns this worker's loaded models once the service has started."""
-    admission = Admission(settings.max_concurrency, settings.latency_budget_ms / 1000.0)
     app = FastAPI(
         title="Weld inspection",
         description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
@@ -187,7 +122,7 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
 
     @app.exception_handler(InspectionError)
     async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
-        return error_response(exc, _ERROR_HEADERS.get(type(exc)))
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -213,27 +148,21 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     def describe_model(model: str) -> ModelDescription:
         return describe(served_models(), model)
 
-    predictions = APIRouter(route_class=metered_predictions(served_models))
+    # In the service, predictions reach the endpoint through `DirectPredictions` (service.api.predictions);
+    # the route declares it, and serves it in the in-process app.
+    predictions = PredictionEndpoint(settings, served_models)
+    app.state.predictions = predictions
 
-    @predictions.post(
+    @app.post(
         "/v1/models/{model}/predict",
         response_model=Prediction,
         responses=_ERRORS,
         openapi_extra=_PREDICT_REQUEST,
         summary="Inspect one image",
     )
-    async def predict(model: str, request: Request) -> JSONResponse:
-        # The query is read and checked by `parse_options`, not declared as parameters: FastAPI's
-        # validation of five declared parameters took ~13% of the event loop's time per prediction.
-        models = served_models()
-        predictor = models.get(model)
-        with admission.slot(model, latency_budget_s(request)):
-            options = parse_options(predictor.manifest, request.query_params)
-            data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
-            answer = await predictor.predict(data, options, models.thresholds.active)
-        return JSONResponse(answer)
+    async def predict(model: str, request: Request) -> Response:
+        return await predictions(request, model)
 
-    app.include_router(predictions)
     app.include_router(thresholds_router(settings, served_models))
 
     # Last, so that every route above comes first. A path under /v1/ that no route takes would

@@ -52,8 +52,8 @@ class PlainErrorsAsJson:
 
 
 def error_response(error: InspectionError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """`{"error": {"code", "message"}}` with the error's status: every error answer of the API."""
-    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
+    """`{"error": {"code", "message"}}` with the error's status and headers: every error answer of the API."""
+    return JSONResponse(error.to_json(), status_code=error.status, headers={**error.headers, **(headers or {})})
 
 
 def _plain_error(message: Message) -> bool:
