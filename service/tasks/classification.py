@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 
 from service.manifest import ModelManifest
-from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess import postprocess_classification
-from service.tasks.head import PredictionOptions, TaskResult
-from service.thresholds.rules import ThresholdSet
+from service.tasks.head import TaskResult
 from service.thresholds.samples import LabelledImage, SampleFiles, SampleSetError, image_names
 from service.thresholds.sweep import ClassEvidence, Truth, confusion_at, image_evidence, presence
 
@@ -28,14 +26,7 @@ from service.thresholds.sweep import ClassEvidence, Truth, confusion_at, image_e
 class ClassificationHead:
     on_event_loop: bool = True
 
-    def postprocess(
-        self,
-        outputs: list[np.ndarray],
-        geometry: Geometry,
-        manifest: ModelManifest,
-        thresholds: ThresholdSet,
-        options: PredictionOptions,
-    ) -> TaskResult:
+    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
         return postprocess_classification(outputs[0], manifest, thresholds.values, options.classes)
 
     def read_labels(self, names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:

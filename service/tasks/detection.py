@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 
 from service.manifest import ModelManifest
-from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess import postprocess_detection
-from service.tasks.head import PredictionOptions, TaskResult
-from service.thresholds.rules import ThresholdSet
+from service.tasks.head import TaskResult
 from service.thresholds.samples import (
     IMAGES_DIR,
     LABELS_FILE,
@@ -36,14 +34,7 @@ from service.thresholds.sweep import MATCH_IOU, ClassEvidence, Truth, detection_
 class DetectionHead:
     on_event_loop: bool = False
 
-    def postprocess(
-        self,
-        outputs: list[np.ndarray],
-        geometry: Geometry,
-        manifest: ModelManifest,
-        thresholds: ThresholdSet,
-        options: PredictionOptions,
-    ) -> TaskResult:
+    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
         return postprocess_detection(
             outputs,
             geometry,

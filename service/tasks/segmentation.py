@@ -18,10 +18,8 @@ import numpy as np
 from PIL import Image
 
 from service.manifest import ModelManifest
-from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess import postprocess_segmentation
-from service.tasks.head import PredictionOptions, TaskResult
-from service.thresholds.rules import ThresholdSet
+from service.tasks.head import TaskResult
 from service.thresholds.samples import IMAGES_DIR, MASKS_DIR, LabelledImage, SampleFiles, SampleSetError, image_names
 from service.thresholds.sweep import ClassEvidence, Truth, image_evidence, presence
 
@@ -30,14 +28,7 @@ from service.thresholds.sweep import ClassEvidence, Truth, image_evidence, prese
 class SegmentationHead:
     on_event_loop: bool = False
 
-    def postprocess(
-        self,
-        outputs: list[np.ndarray],
-        geometry: Geometry,
-        manifest: ModelManifest,
-        thresholds: ThresholdSet,
-        options: PredictionOptions,
-    ) -> TaskResult:
+    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
         return postprocess_segmentation(
             outputs[0], geometry, manifest, thresholds.values, options.mask_format, options.classes
         )
