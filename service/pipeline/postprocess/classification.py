@@ -9,19 +9,20 @@ from typing import Any
 import numpy as np
 
 from service.manifest import ModelManifest, OutputDecoder, Task
-from service.pipeline.postprocess.decision import SCORE_DIGITS, Decision, decide, decision_json, request_thresholds
+from service.pipeline.postprocess.decision import (
+    SCORE_DIGITS,
+    Decided,
+    decision_json,
+    request_thresholds,
+)
 
 
 @dataclass(frozen=True)
-class ClassificationResult:
+class ClassificationResult(Decided):
     label: str
     confidence: float
     scores: dict[str, float]
     defects: list[str]
-
-    @property
-    def decision(self) -> Decision:
-        return decide(self.defects)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,16 @@ def decision_json(defects: Sequence[str]) -> dict[str, object]:
     return {"decision": decide(defects), "defects": list(defects)}
 
 
+class Decided:
+    """Every task's result: its decision follows from the defect classes that crossed their thresholds."""
+
+    defects: list[str]
+
+    @property
+    def decision(self) -> Decision:
+        return decide(self.defects)
+
+
 def request_thresholds(
     manifest: ModelManifest, thresholds: Mapping[str, float], class_filter: Iterable[str] | None = None
 ) -> dict[str, float]:

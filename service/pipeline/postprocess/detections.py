@@ -13,8 +13,7 @@ from service.pipeline.geometry import Geometry, box_iou
 from service.pipeline.postprocess.decision import (
     PIXEL_DIGITS,
     SCORE_DIGITS,
-    Decision,
-    decide,
+    Decided,
     decision_json,
     request_thresholds,
     threshold_vector,
@@ -112,13 +111,9 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class DetectionResult:
+class DetectionResult(Decided):
     detections: list[Detection]  # best first
     defects: list[str]  # classes with at least one detection, in class order
-
-    @property
-    def decision(self) -> Decision:
-        return decide(self.defects)
 
     def to_json(self) -> dict[str, Any]:
         return {

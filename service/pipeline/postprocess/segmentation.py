@@ -25,8 +25,7 @@ from service.manifest import ModelManifest, Task
 from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess.decision import (
     SCORE_DIGITS,
-    Decision,
-    decide,
+    Decided,
     decision_json,
     request_thresholds,
     threshold_vector,
@@ -60,14 +59,10 @@ class Segment:
 
 
 @dataclass(frozen=True, eq=False)
-class SegmentationResult:
+class SegmentationResult(Decided):
     segments: list[Segment]  # defect classes with a non-empty mask, in class order
     defects: list[str]
     mask_format: MaskFormat = "rle"
-
-    @property
-    def decision(self) -> Decision:
-        return decide(self.defects)
 
     def to_json(self) -> dict[str, Any]:
         return {
