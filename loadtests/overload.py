@@ -82,17 +82,21 @@ async def run_phase(
         frame = frames[index % len(frames)]
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(endpoint, data=frame, headers=headers, expect100=expect_continue) as response:
-                await response.read()
-                if response.status == 200:
-                    latencies.append(time.perf_counter() - started)
-                    continue
-                if response.status != 503 or "Retry-After" not in response.headers:
-                    failed += 1
-                    continue
+            try:
+                async with session.post(endpoint, data=frame, headers=headers, expect100=expect_continue) as answer:
+                    await answer.read()
+                    status, retry_after = answer.status, answer.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError):
+                failed += 1
+                continue
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            elif status == 503 and retry_after is not None:
                 refused += 1
-                wait_s = float(response.headers.get("Retry-After", 1)) if retry_ms is None else retry_ms / 1000
-            await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
+                wait_s = float(retry_after) if retry_ms is None else retry_ms / 1000
+                await asyncio.sleep(min(wait_s, max(0.0, deadline - time.perf_counter())))
+            else:
+                failed += 1
 
     connector = aiohttp.TCPConnector(limit=cameras)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -161,13 +165,12 @@ def main() -> None:
             f"refused cameras wait {'Retry-After' if args.retry_ms is None else f'{args.retry_ms:g} ms'}"
             f"{', Expect: 100-continue' if args.expect_continue else ''}"
         )
-        phases = [
-            (label, asyncio.run(run_phase(server.url, args.station, args.cameras, budget, args.seconds, **camera)))
-            for label, budget in (("no budget", NO_BUDGET_MS), ("budget", args.budget_ms))
-        ]
-    for label, phase in phases:
-        print(report(phase, label))
-    print(f"answers/s with the budget / without: {phases[1][1].answered_per_s / phases[0][1].answered_per_s:.2f}")
+        rates = []
+        for label, budget in (("no budget", NO_BUDGET_MS), ("budget", args.budget_ms)):
+            phase = asyncio.run(run_phase(server.url, args.station, args.cameras, budget, args.seconds, **camera))
+            print(report(phase, label), flush=True)
+            rates.append(phase.answered_per_s)
+    print(f"answers/s with the budget / without: {rates[1] / rates[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ CPU each time for nothing it needs. Everything else goes the long way round.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from service.api.contract import error_response
 from service.api.limits import RequestLimits
 from service.api.query import parse_options
 from service.config import Settings
-from service.errors import InspectionError, InvalidParameters
+from service.errors import InspectionError, InvalidParameters, TimedOut
 from service.metrics import UNKNOWN_MODEL, inspection_metrics
 from service.served_models import ServedModels
 
@@ -45,21 +46,20 @@ class PredictionEndpoint:
         started = time.perf_counter()
         models = self._served_models()
         label = model if model in models else UNKNOWN_MODEL
-        code = None
         try:
             response: Response = JSONResponse(await self._predict(request, models, model))
         except InspectionError as exc:
-            code = exc.code
-            response = error_response(exc)
+            _count(label, exc, started)
+            return error_response(exc)
+        except asyncio.CancelledError:  # at the request's deadline: `RequestLimits` answers 504
+            _count(label, TimedOut(""), started)
+            raise
         except Exception:
             log.exception("prediction failed for model %s", label)
             error = InspectionError("the prediction failed on the server; see its log")
-            code = error.code
-            response = error_response(error)
-        metrics = inspection_metrics()
-        if code is not None:
-            metrics.errors.labels(label, code).inc()
-        metrics.request_duration.labels(label, str(response.status_code)).observe(time.perf_counter() - started)
+            _count(label, error, started)
+            return error_response(error)
+        inspection_metrics().request_duration.labels(label, "200").observe(time.perf_counter() - started)
         return response
 
     async def _predict(self, request: Request, models: ServedModels, model: str) -> dict:
@@ -69,6 +69,12 @@ class PredictionEndpoint:
             options = parse_options(predictor.manifest, request.query_params)
             data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
             return await predictor.predict(data, options, models.thresholds.active)
+
+
+def _count(label: str, error: InspectionError, started: float) -> None:
+    metrics = inspection_metrics()
+    metrics.errors.labels(label, error.code).inc()
+    metrics.request_duration.labels(label, str(error.status)).observe(time.perf_counter() - started)
 
 
 def latency_budget_s(request: Request) -> float | None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from export.synthetic import encode_image, generate_weld
+from service.api.app import create_app
 from service.api.schemas import ErrorResponse, ModelList, Prediction
+from service.config import Settings
+from service.served_models import ServedModels
 from tests.conftest import MODEL_STORE, app_in_process
 
 
@@ -54,3 +59,34 @@ def test_client_mistakes_answer_the_error_contract(api, path, body, content_type
     response = api.post(path, content=body, headers={"Content-Type": content_type})
     assert response.status_code == status
     assert ErrorResponse.model_validate(response.json()).error.code == code
+
+
+def test_a_prediction_cut_at_the_deadline_answers_504_and_is_counted_as_a_timeout(tmp_path):
+    from prometheus_client import REGISTRY
+
+    settings = Settings(model_store=MODEL_STORE, state_dir=tmp_path, workers=1, request_timeout_s=2, body_timeout_s=1)
+    models = ServedModels.load(settings)
+
+    def timeouts() -> float:
+        labels = {"model": "weld-classifier", "code": "timeout"}
+        return REGISTRY.get_sample_value("inspection_errors_total", labels) or 0.0
+
+    async def trickle():  # a byte every 0.3 s: never idle for the body timeout, late for the deadline
+        for _ in range(10):
+            yield b"\xff"
+            await asyncio.sleep(0.3)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(settings, lambda: models))
+        async with httpx.AsyncClient(transport=transport, base_url="http://line") as client:
+            return await client.post(
+                "/v1/models/weld-classifier/predict", content=trickle(), headers={"Content-Type": "image/jpeg"}
+            )
+
+    before = timeouts()
+    try:
+        response = asyncio.run(post())
+    finally:
+        models.close()
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+    assert timeouts() == before + 1
