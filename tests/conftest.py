@@ -53,7 +53,7 @@ def _tier(item: pytest.Item) -> pytest.MarkDecorator:
     module = getattr(item, "module", None)
     if "server" in fixtures or (module is not None and "running_server" in vars(module)):
         return pytest.mark.e2e
-    if "api" in fixtures:
+    if "api" in fixtures or (module is not None and "create_app" in vars(module)):
         return pytest.mark.api
     return pytest.mark.unit
 
