@@ -1,45 +1,13 @@
 import numpy as np
 import pytest
 
-from service.manifest import ModelManifest
 from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess.detections import Detections, postprocess_detection
+from tests.service.manifests import detector_manifest
 
 DEFECTS = ["porosity", "crack", "undercut"]
 THRESHOLDS = {"porosity": 0.5, "crack": 0.3, "undercut": 0.5}
 LETTERBOX = Geometry.letterbox((640, 480), (320, 320))  # scale 0.5, pad_y 40
-
-
-def detector(decoder: str = "yolo", classes: list[str] = DEFECTS, background: str | None = None) -> ModelManifest:
-    return ModelManifest.model_validate(
-        {
-            "name": "weld-detector",
-            "version": 1,
-            "task": "detection",
-            "classes": classes,
-            "background_class": background,
-            "input": {
-                "name": "images",
-                "channels": 1,
-                "height": 320,
-                "width": 320,
-                "resize": "letterbox",
-                "dtype": "uint8",
-                "mean": [0.0],
-                "std": [1.0],
-                "normalization_in_graph": True,
-                "dynamic_batch": True,
-            },
-            "output": {
-                "decoder": decoder,
-                "names": ["output0"] if decoder == "yolo" else ["boxes", "scores", "labels"],
-            },
-            "thresholds": THRESHOLDS,
-            "nms_iou": 0.5,
-            "max_detections": 100,
-            "provenance": {"exporter": "dynamo", "source": "test", "created_at": "2026-11-01T00:00:00Z"},
-        }
-    )
 
 
 def yolo_head(anchors: list[tuple[float, float, float, float, list[float]]]) -> np.ndarray:
@@ -147,7 +115,7 @@ def test_yolo_detection_on_a_letterboxed_frame_is_answered_in_original_pixels():
         ]
     )
 
-    result = postprocess_detection([raw], LETTERBOX, detector(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
 
     assert result.decision == "reject"
     assert result.defects == ["crack"]
@@ -168,7 +136,7 @@ def test_yolo_detection_on_a_letterboxed_frame_is_answered_in_original_pixels():
 def test_yolo_head_with_nothing_above_threshold_is_accepted_with_no_detections():
     raw = np.zeros((4 + 3, 2100), dtype=np.float32)
 
-    result = postprocess_detection([raw], LETTERBOX, detector(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
 
     assert (result.detections, result.defects, result.decision) == ([], [], "accept")
     assert result.to_json() == {"decision": "accept", "defects": [], "detections": []}
@@ -177,7 +145,7 @@ def test_yolo_head_with_nothing_above_threshold_is_accepted_with_no_detections()
 def test_box_wholly_in_the_letterbox_padding_is_dropped():
     raw = yolo_head([(160, 20, 40, 20, [0.0, 0.9, 0.0])])  # rows 10..30: inside the top 40-row pad
 
-    result = postprocess_detection([raw], LETTERBOX, detector(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
 
     assert result.decision == "accept"
 
@@ -185,7 +153,9 @@ def test_box_wholly_in_the_letterbox_padding_is_dropped():
 def test_class_filter_drops_other_classes_before_the_decision():
     raw = yolo_head([(60, 100, 20, 20, [0.9, 0.0, 0.0]), (200, 100, 20, 20, [0.0, 0.0, 0.9])])
 
-    result = postprocess_detection([raw], LETTERBOX, detector(), THRESHOLDS, class_filter={"crack", "undercut"})
+    result = postprocess_detection(
+        [raw], LETTERBOX, detector_manifest(), THRESHOLDS, class_filter={"crack", "undercut"}
+    )
 
     assert [d.class_name for d in result.detections] == ["undercut"]
     assert result.defects == ["undercut"]
@@ -194,18 +164,18 @@ def test_class_filter_drops_other_classes_before_the_decision():
 def test_request_max_detections_overrides_the_manifest():
     raw = yolo_head([(20 + 40 * i, 100, 20, 20, [0.9 - 0.1 * i, 0.0, 0.0]) for i in range(4)])
 
-    result = postprocess_detection([raw], LETTERBOX, detector(), THRESHOLDS, max_detections=2)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS, max_detections=2)
 
     assert [round(d.confidence, 6) for d in result.detections] == [0.9, 0.8]
 
 
 def test_yolo_head_with_a_different_class_count_is_refused():
     with pytest.raises(ValueError, match="2 class rows"):
-        postprocess_detection([np.zeros((6, 10), np.float32)], LETTERBOX, detector(), THRESHOLDS)
+        postprocess_detection([np.zeros((6, 10), np.float32)], LETTERBOX, detector_manifest(), THRESHOLDS)
 
 
 def test_torchvision_style_outputs_drop_the_background_class_and_apply_thresholds():
-    manifest = detector("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
+    manifest = detector_manifest("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
     boxes = np.array([[10, 50, 110, 150], [200, 60, 220, 80], [0, 40, 320, 280]], dtype=np.float32)
     scores = np.array([0.35, 0.4, 0.99], dtype=np.float32)
     labels = np.array([2, 1, 0], dtype=np.int64)  # crack (0.3), porosity (0.5), background
@@ -216,7 +186,7 @@ def test_torchvision_style_outputs_drop_the_background_class_and_apply_threshold
 
 
 def test_request_nms_iou_below_the_graphs_own_suppresses_more():
-    manifest = detector("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
+    manifest = detector_manifest("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
     boxes = np.array([[0, 40, 10, 50], [5, 40, 15, 50]], dtype=np.float32)  # IoU 1/3
     outputs = [boxes, np.array([0.9, 0.8], np.float32), np.array([2, 2])]
 
@@ -225,7 +195,7 @@ def test_request_nms_iou_below_the_graphs_own_suppresses_more():
 
 
 def test_torchvision_style_outputs_with_no_boxes_are_accepted():
-    manifest = detector("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
+    manifest = detector_manifest("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
     outputs = [np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)]
 
     result = postprocess_detection(outputs, LETTERBOX, manifest, THRESHOLDS)

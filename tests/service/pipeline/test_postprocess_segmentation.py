@@ -7,7 +7,6 @@ import pycocotools.mask as coco_mask
 import pytest
 from PIL import Image
 
-from service.manifest import ModelManifest
 from service.pipeline.geometry import Geometry
 from service.pipeline.postprocess.segmentation import (
     NO_CLASS,
@@ -18,37 +17,11 @@ from service.pipeline.postprocess.segmentation import (
     postprocess_segmentation,
     thresholded_class_map,
 )
+from tests.service.manifests import segmenter_manifest
 
 CLASSES = ["background", "porosity", "crack", "undercut"]
 THRESHOLDS = {"porosity": 0.5, "crack": 0.5, "undercut": 0.5}
 LETTERBOX = Geometry.letterbox((640, 480), (320, 320))  # scale 0.5, pad_y 40
-
-
-def weld_segmenter() -> ModelManifest:
-    return ModelManifest.model_validate(
-        {
-            "name": "weld-segmenter",
-            "version": 1,
-            "task": "segmentation",
-            "classes": CLASSES,
-            "background_class": "background",
-            "input": {
-                "name": "images",
-                "channels": 1,
-                "height": 320,
-                "width": 320,
-                "resize": "letterbox",
-                "dtype": "uint8",
-                "mean": [0.5],
-                "std": [0.25],
-                "normalization_in_graph": True,
-                "dynamic_batch": True,
-            },
-            "output": {"decoder": "segmentation_logits", "names": ["logits"]},
-            "thresholds": THRESHOLDS,
-            "provenance": {"exporter": "dynamo", "source": "test", "created_at": "2026-11-01T00:00:00Z"},
-        }
-    )
 
 
 def background_logits(height: int = 320, width: int = 320) -> np.ndarray:
@@ -122,7 +95,7 @@ def test_crack_on_a_letterboxed_frame_is_measured_at_original_size():
     claim(logits, 2, slice(40 + 100, 40 + 101), slice(200, 201), odds=30.0)  # one more crack pixel
     claim(logits, 2, slice(10, 30), slice(0, 320))  # in the padding: must not count
 
-    result = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS)
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS)
 
     assert (result.decision, result.defects) == ("reject", ["crack"])
     (crack,) = result.segments
@@ -140,7 +113,7 @@ def test_json_answer_carries_rle_masks_readable_by_pycocotools():
     logits = background_logits()
     claim(logits, 1, slice(60, 70), slice(100, 110))
 
-    answer = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS).to_json()
+    answer = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS).to_json()
 
     (segment,) = answer["segments"]
     mask = segment.pop("mask")
@@ -161,7 +134,7 @@ def test_png_mask_format_answers_base64_png_at_original_size():
     logits = background_logits()
     claim(logits, 3, slice(60, 70), slice(100, 110))
 
-    answer = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS, mask_format="png").to_json()
+    answer = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS, mask_format="png").to_json()
 
     mask = answer["segments"][0]["mask"]
     assert mask["format"] == "png"
@@ -175,14 +148,14 @@ def test_region_below_its_class_threshold_is_not_a_defect():
     logits = background_logits()
     claim(logits, 2, slice(60, 70), slice(100, 110), odds=6.0)  # crack at 6 / 9 = 0.667
 
-    assert postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS).defects == ["crack"]
+    assert postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS).defects == ["crack"]
     strict = {**THRESHOLDS, "crack": 0.7}
-    result = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), strict)
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), strict)
     assert (result.segments, result.decision) == ([], "accept")
 
 
 def test_background_only_output_is_accepted_with_no_segments():
-    result = postprocess_segmentation(background_logits(), LETTERBOX, weld_segmenter(), THRESHOLDS)
+    result = postprocess_segmentation(background_logits(), LETTERBOX, segmenter_manifest(), THRESHOLDS)
 
     assert (result.segments, result.defects, result.decision) == ([], [], "accept")
     assert result.to_json() == {"decision": "accept", "defects": [], "segments": []}
@@ -193,7 +166,7 @@ def test_each_class_gets_its_own_segment_in_class_order():
     claim(logits, 3, slice(60, 70), slice(10, 20))
     claim(logits, 1, slice(100, 110), slice(10, 20))
 
-    result = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS)
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS)
 
     assert [(s.class_name, s.area_px) for s in result.segments] == [("porosity", 400), ("undercut", 400)]
     assert result.defects == ["porosity", "undercut"]
@@ -203,14 +176,14 @@ def test_class_filter_drops_other_classes_before_the_decision():
     logits = background_logits()
     claim(logits, 1, slice(60, 70), slice(10, 20))
 
-    result = postprocess_segmentation(logits, LETTERBOX, weld_segmenter(), THRESHOLDS, class_filter={"crack"})
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS, class_filter={"crack"})
 
     assert (result.segments, result.decision) == ([], "accept")
 
 
 def test_logits_not_at_the_input_size_are_refused():
     with pytest.raises(ValueError, match="input size"):
-        postprocess_segmentation(background_logits(160, 160), LETTERBOX, weld_segmenter(), THRESHOLDS)
+        postprocess_segmentation(background_logits(160, 160), LETTERBOX, segmenter_manifest(), THRESHOLDS)
 
 
 def test_large_frame_mask_has_the_frame_size_and_scaled_area():
@@ -218,7 +191,7 @@ def test_large_frame_mask_has_the_frame_size_and_scaled_area():
     logits = background_logits(256, 256)
     claim(logits, 2, slice(128, 160), slice(64, 96))
 
-    (crack,) = postprocess_segmentation(logits, geometry, weld_segmenter(), THRESHOLDS).segments
+    (crack,) = postprocess_segmentation(logits, geometry, segmenter_manifest(), THRESHOLDS).segments
 
     assert crack.mask.shape == (2048, 2448)
     assert crack.components == [Component((612, 1024, 918, 1280), 306 * 256)]
@@ -230,7 +203,7 @@ def test_pixel_lost_when_downscaling_to_a_smaller_frame_does_not_reject():
     claim(logits, 2, slice(0, 1), slice(0, 1))
     claim(logits, 1, slice(1, 2), slice(3, 4))
 
-    result = postprocess_segmentation(logits, geometry, weld_segmenter(), THRESHOLDS)
+    result = postprocess_segmentation(logits, geometry, segmenter_manifest(), THRESHOLDS)
 
     assert [(s.class_name, s.area_px, s.area_fraction) for s in result.segments] == [("porosity", 1, 0.25)]
     assert result.defects == ["porosity"]
