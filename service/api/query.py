@@ -36,7 +36,7 @@ def parse_options(manifest: ModelManifest, query: Mapping[str, str]) -> Predicti
         raise InvalidParameters(f"unknown query parameters {unknown}; accepted: {', '.join(QUERY_PARAMETERS)}")
     defect_classes = manifest.defect_classes
     thresholds = query.get("thresholds")
-    overrides = _thresholds(thresholds, defect_classes) if thresholds else {}
+    overrides = class_values(thresholds, defect_classes) if thresholds else {}
     class_filter = None
     if classes := query.get("classes"):
         class_filter = frozenset(c.strip() for c in classes.split(",") if c.strip())
@@ -78,9 +78,10 @@ def _number(query: Mapping[str, str], name: str, kind: type[int] | type[float]) 
     return value
 
 
-def _thresholds(text: str, defect_classes: list[str]) -> dict[str, float]:
+def class_values(text: str, defect_classes: list[str], what: str = "thresholds") -> dict[str, float]:
+    """A request's `CLASS:VALUE` list (`service.thresholds.rules`), a mistake in it answered 422."""
     try:
-        return parse_class_values(text, defect_classes)
+        return parse_class_values(text, defect_classes, what)
     except ValueError as exc:
         raise InvalidParameters(str(exc)) from None
 

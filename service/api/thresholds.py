@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.body import read_body
+from service.api.query import class_values
 from service.api.schemas import ErrorResponse
 from service.config import Settings
 from service.errors import (
@@ -38,7 +39,7 @@ from service.errors import (
 from service.served_models import ServedModels
 from service.tasks import HEADS, PredictionOptions
 from service.thresholds.report import SweepReport
-from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
+from service.thresholds.rules import RevisionNumber, ThresholdValue
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import Progress, SweepTally
 
@@ -226,7 +227,8 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         predictor = models.get(model)
         manifest = predictor.manifest
         head = HEADS[manifest.task]
-        wanted = _parse_targets(targets, manifest.defect_classes) if targets else {}
+        # A target recall per class: `crack:0.99,porosity:0.9`.
+        wanted = class_values(targets, manifest.defect_classes, "targets") if targets else {}
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ZIP_TYPES:
             raise UnsupportedMediaType(
@@ -268,11 +270,3 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         return report.to_report()
 
     return router
-
-
-def _parse_targets(text: str, defect_classes: list[str]) -> dict[str, float]:
-    """`crack:0.99,porosity:0.9` -> {"crack": 0.99, "porosity": 0.9}: a target recall per class."""
-    try:
-        return parse_class_values(text, defect_classes, "targets")
-    except ValueError as exc:
-        raise InvalidParameters(str(exc)) from None
