@@ -49,10 +49,9 @@ import aiohttp
 import numpy as np
 import onnxruntime as ort
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.frames import Station, line_frames
-from loadtests.server import ROOT, running_server
+from loadtests.server import ROOT, model_samples, running_server
 from service.config import Settings
 from service.metrics import STAGES
 from service.model_store import ModelVersion, load_version
@@ -364,21 +363,13 @@ async def open_loop(
 
 async def stage_totals(url: str, model: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of every stage histogram and of the batch size, from the server's /metrics."""
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{url}/metrics") as response:
-            text = await response.text()
     totals: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ("inspection_stage_duration_seconds", "inspection_batch_size"):
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != model:
-                continue
-            entry = totals.setdefault(sample.labels.get("stage", "batch_size"), [0.0, 0.0])
-            if sample.name.endswith("_sum"):
-                entry[0] = sample.value
-            elif sample.name.endswith("_count"):
-                entry[1] = sample.value
+    for sample in await model_samples(url, model, "inspection_stage_duration_seconds", "inspection_batch_size"):
+        entry = totals.setdefault(sample.labels.get("stage", "batch_size"), [0.0, 0.0])
+        if sample.name.endswith("_sum"):
+            entry[0] = sample.value
+        elif sample.name.endswith("_count"):
+            entry[1] = sample.value
     return {key: (total, count) for key, (total, count) in totals.items()}
 
 

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.frames import Station, line_frames
-from loadtests.server import running_server
+from loadtests.server import model_samples, running_server
 from service.api.predictions import LATENCY_BUDGET_HEADER
 from service.metrics import LATENCY_BUCKETS
 
@@ -113,21 +112,15 @@ async def run_phase(
 async def _answers_within(url: str, model: str, budget_ms: float) -> tuple[float, float, float]:
     """(the largest latency bucket bound within the budget, answers counted within it, all answers), from /metrics."""
     bound = max((b for b in LATENCY_BUCKETS if b <= budget_ms / 1000), default=LATENCY_BUCKETS[0])
-    async with aiohttp.ClientSession() as client:
-        async with client.get(f"{url}/metrics") as response:
-            text = await response.text()
     within = total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != "inspection_request_duration_seconds":
+    for sample in await model_samples(url, model, "inspection_request_duration_seconds"):
+        labels = sample.labels
+        if labels.get("status") != "200" or not sample.name.endswith("_bucket"):
             continue
-        for sample in family.samples:
-            labels = sample.labels
-            if labels.get("model") != model or labels.get("status") != "200" or not sample.name.endswith("_bucket"):
-                continue
-            if labels["le"] == "+Inf":
-                total += sample.value
-            elif float(labels["le"]) == bound:
-                within += sample.value
+        if labels["le"] == "+Inf":
+            total += sample.value
+        elif float(labels["le"]) == bound:
+            within += sample.value
     return bound, within, total
 
 

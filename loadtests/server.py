@@ -17,8 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from service.config import Settings
 
@@ -97,6 +100,20 @@ def running_server(
         yield server
     finally:
         stop(process)
+
+
+async def model_samples(url: str, model: str, *families: str) -> list[Sample]:
+    """The samples of these metric families that are labelled with `model`, from the server's /metrics."""
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{url}/metrics") as response:
+            text = await response.text()
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        if family.name in families
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    ]
 
 
 def service_target(root: Path) -> str:
