@@ -243,6 +243,7 @@ class ThresholdStore:
         Raises InvalidParameters for unknown classes or values outside 0..1, Conflict when
         `expected_revision` is not the active revision (nothing is written then).
         """
+        _check_audit(author=author, reason=reason)
         _check_values(manifest, thresholds, nms_iou)
         if not thresholds and nms_iou is None:
             raise InvalidParameters("nothing to change: give thresholds and/or nms_iou")
@@ -261,6 +262,7 @@ class ThresholdStore:
         self, manifest: ModelManifest, *, to_revision: int, author: str, reason: str, expected_revision: int
     ) -> ThresholdRevision:
         """A new revision with the values of an earlier one; history is kept, never rewritten."""
+        _check_audit(author=author, reason=reason)
         base = self._base(manifest, expected_revision)
         if not 1 <= to_revision < base.revision:
             raise InvalidParameters(
@@ -428,6 +430,14 @@ def _fits(revision: ThresholdRevision, manifest: ModelManifest) -> bool:
     return set(revision.thresholds) == set(manifest.defect_classes) and (revision.nms_iou is not None) == (
         manifest.task is Task.DETECTION
     )
+
+
+def _check_audit(**texts: str) -> None:
+    """The audit trail's text as every store can keep it: PostgreSQL cannot store a NUL character, so
+    no store takes one (SQLite would), and the same change gets the same answer on both."""
+    for field, text in texts.items():
+        if "\x00" in text:
+            raise InvalidParameters(f"{field} must not contain a NUL character (\\u0000)")
 
 
 def _check_values(manifest: ModelManifest, thresholds: Mapping[str, float], nms_iou: float | None) -> None:

@@ -252,6 +252,8 @@ def test_a_missing_or_wrong_token_answers_401_and_changes_nothing(server):
             {"thresholds": {"crack": 0.3}, "expected_revision": 2**70},
             "body.expected_revision: Input should be less than",
         ),
+        ({"thresholds": {"crack": 0.3}, "reason": "lot\u00002291"}, "reason must not contain a NUL character"),
+        ({"thresholds": {"crack": 0.3}, "author": "qa\u0000"}, "author must not contain a NUL character"),
     ],
 )
 def test_bad_changes_answer_422_and_change_nothing(server, body, message):
@@ -382,6 +384,10 @@ def test_two_replicas_on_postgresql_use_each_others_writes(tmp_path: Path, crack
         assert predict(second, crack_jpeg)["thresholds_revision"] == written["revision"]
         assert read(second) == written
         assert error_code(change(second, body), 409) == "conflict"
+        # PostgreSQL cannot store a NUL: refused as on SQLite, naming the field, not a 500.
+        nul = {**body, "reason": "lot\u00002291", "expected_revision": written["revision"]}
+        assert error_code(change(second, nul), 422) == "invalid_parameters"
+        assert "reason must not contain a NUL" in change(second, nul).json()["error"]["message"]
 
 
 # --- tuning from labelled samples -------------------------------------------------------------

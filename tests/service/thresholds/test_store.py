@@ -235,3 +235,15 @@ def test_reading_the_active_revision_costs_well_under_a_millisecond(store: Thres
         store.active(manifest)
     per_read_ms = (time.perf_counter() - started) / reads * 1000
     assert per_read_ms < 2.0, f"{per_read_ms:.3f} ms per read"
+
+
+@pytest.mark.parametrize("field", ["author", "reason"])
+def test_a_nul_character_in_the_audit_trail_is_refused_alike_on_every_store(store: ThresholdStore, field: str):
+    manifest = make_manifest(name=unique_name())
+    texts = {"author": "j.moreau", "reason": "lot 2291", field: "lot\x002291"}
+    with pytest.raises(InvalidParameters, match=f"{field} must not contain a NUL character"):
+        store.update(manifest, thresholds={"crack": 0.2}, nms_iou=None, expected_revision=1, **texts)
+    store.update(manifest, thresholds={"crack": 0.2}, nms_iou=None, expected_revision=1, author="qa", reason="r")
+    with pytest.raises(InvalidParameters, match=f"{field} must not contain a NUL character"):
+        store.rollback(manifest, to_revision=1, expected_revision=2, **texts)
+    assert [r.revision for r in store.history(manifest.name)] == [2, 1]
