@@ -20,7 +20,7 @@ from service.api.app import create_app
 from service.api.contract import PlainErrorsAsJson
 from service.api.predictions import DirectPredictions
 from service.config import get_settings
-from service.listening import bind_server_socket_for_workers, listen_in_this_worker, worker_argument
+from service.listening import bind_in_this_worker, bind_server_socket_for_workers, listeners, worker_argument
 from service.served_models import ServedModels
 
 _PR_SET_PDEATHSIG = 1
@@ -42,8 +42,10 @@ if _fd is None:  # the `bentoml serve` process
     ServedModels.preflight(settings)
     # Each worker listens on a socket of its own (see `listening`): the server's only holds the port.
     bind_server_socket_for_workers()
+    _own_socket = False
 else:  # a worker, before BentoML starts serving on the descriptor it was handed
-    listen_in_this_worker(_fd, worker_argument(sys.argv, "--backlog") or 2048)
+    # Bound now, listening once the models are warm (uvicorn listens after the service's start-up).
+    _own_socket = bind_in_this_worker(_fd)
 
 
 def die_with_server() -> None:
@@ -91,7 +93,14 @@ class InspectionService:
             gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return bool(self.models.names())
+        """Ready when every worker is: each listens only once warm, so count the listening sockets."""
+        if not self.models.names():
+            return False
+        if not _own_socket:
+            return True  # a shared socket: this worker answering is all that can be known
+        assert _fd is not None  # a worker
+        listening = listeners(_fd)
+        return listening is None or listening >= settings.workers
 
     @bentoml.on_shutdown
     def close(self) -> None:

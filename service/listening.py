@@ -1,18 +1,23 @@
-"""A listening socket per worker, so that long-lived connections spread over the workers.
+"""A listening socket per worker, opened only once the worker is warm.
 
 BentoML's workers all accept from one listening socket that the server process opens. When several
 connections arrive at once, the first worker to wake accepts every one of them, and line cameras
-keep their connections for hours: 8 cameras ended up 8/0 on two workers. With SO_REUSEPORT, every
-worker listens on a socket of its own on the same port and the kernel spreads new connections
-over them.
+keep their connections for hours: 8 cameras ended up 8/0 on two workers. And a shared socket takes
+connections for every worker from the moment the server starts, so a connection can wait in the
+queue of a worker still loading and warming its models (seconds; on a GPU every batch shape's kernel
+search) while another worker is idle. With SO_REUSEPORT, every worker has a socket of its own on the
+same port and the kernel spreads new connections over the sockets that listen.
 
 Two halves, both Linux only:
 - `bind_server_socket_for_workers`, in the `bentoml serve` process: its socket is bound with
   SO_REUSEPORT, to hold the port, but does not listen, so that it takes no connections itself;
-- `listen_in_this_worker`, in each worker: a socket of its own, bound to the same address with
-  SO_REUSEPORT and listening, put in place of the one it inherited (same descriptor number), before
-  BentoML's worker starts serving on that descriptor.
+- `bind_in_this_worker`, in each worker: a socket of its own, bound to the same address with
+  SO_REUSEPORT, put in place of the one it inherited (same descriptor number). It does not listen
+  yet: uvicorn listens on it once the application's start-up (loading and warming the models) is
+  over, so a worker starting, or restarted after a crash, takes no connection before it is warm.
 Where either half cannot be done, the workers share the server's socket as before.
+
+`listeners` counts the sockets listening on an address, for a readiness that means every worker.
 """
 
 from __future__ import annotations
@@ -74,10 +79,11 @@ def worker_argument(argv: list[str], name: str) -> int | None:
         return None
 
 
-def listen_in_this_worker(fd: int, backlog: int) -> bool:
-    """Listen on a socket of this worker's own at the inherited socket's address, under its descriptor.
+def bind_in_this_worker(fd: int) -> bool:
+    """Put a socket of this worker's own, bound to the inherited socket's address but not listening,
+    under descriptor `fd`: the worker's server listens on it once the worker is warm.
 
-    Returns whether it does; otherwise the inherited socket is left listening, shared as before."""
+    Returns whether it did; otherwise the inherited socket is left as it is, shared as before."""
     if not _LINUX:
         return False
     inherited = socket.socket(fileno=os.dup(fd))
@@ -92,12 +98,43 @@ def listen_in_this_worker(fd: int, backlog: int) -> bool:
                 own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 own.bind(inherited.getsockname())
-                own.listen(backlog)
                 os.dup2(own.fileno(), fd, inheritable=False)  # `fd` keeps the socket open
         except OSError as exc:
             log.warning("no listening socket of this worker's own (%s): sharing the server's", exc)
-            inherited.listen(backlog)
+            inherited.listen(socket.SOMAXCONN)
             return False
         return True
     finally:
         inherited.close()
+
+
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+def listeners(fd: int) -> int | None:
+    """How many sockets listen on the address of socket `fd` (one per warm worker); None where this
+    cannot be read (not Linux). A socket bound with SO_REUSEPORT but not yet listening is not counted."""
+    if not _LINUX:
+        return None
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        family, (host, port) = sock.family, sock.getsockname()[:2]
+    table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
+    wanted = f"{_proc_address(family, host)}:{port:04X}"
+    try:
+        with open(table) as rows:
+            next(rows)  # the header
+            return sum(1 for row in rows if _listens_at(row, wanted))
+    except OSError:
+        return None
+
+
+def _listens_at(row: str, address: str) -> bool:
+    fields = row.split(maxsplit=4)
+    return len(fields) > 3 and fields[1] == address and fields[3] == _TCP_LISTEN
+
+
+def _proc_address(family: int, host: str) -> str:
+    """An IP address as /proc/net/tcp(6) writes it: each 32-bit word in the host's byte order, in hex."""
+    packed = socket.inet_pton(family, host)
+    words = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+    return "".join(int.from_bytes(word, sys.byteorder).to_bytes(4, "big").hex().upper() for word in words)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -140,3 +141,28 @@ def test_a_worker_killed_under_load_fails_only_the_requests_on_its_connections_a
     assert len(failed) <= cameras  # at most the request in flight on each connection it held
     assert all(outcome in {"RemoteProtocolError", "ReadError", "ConnectError", "WriteError"} for outcome in failed)
     assert len(answered_after) > 50  # the other worker, then both, went on answering
+
+
+def test_a_restarted_worker_takes_no_connection_before_it_is_warm_and_readyz_waits_for_it(tmp_path):
+    # A slow warm-up, for real: the segmenter runs every batch size up to 64 once before it is warm.
+    slow = {"workers": 2, "models": "weld-segmenter", "fixed_batch_shapes": True, "max_batch_size": 64}
+    with running_server(tmp_path, timeout_s=240, **slow) as server:
+        warm = server.worker_pids("gauge_max")
+        victim = psutil.Process(int(min(warm)))
+        victim.kill()
+        victim.wait(timeout=10)  # its socket closed with it
+        answers: list[str] = []
+        started = time.monotonic()
+        while time.monotonic() < started + 120 and not server.worker_pids("gauge_max") - warm:
+            try:  # a new connection each time: the kernel picks a listening socket for each
+                answers.append(str(httpx.get(f"{server.url}/readyz", timeout=2).status_code))
+            except httpx.TransportError as exc:
+                answers.append(type(exc).__name__)
+            time.sleep(0.05)
+        warmed_after = time.monotonic() - started
+        time.sleep(0.5)  # the new worker listens once its start-up has returned
+        ready_after = httpx.get(f"{server.url}/readyz", timeout=2).status_code
+    print(f"restarted worker warm after {warmed_after:.1f} s; {len(answers)} connections meanwhile: {Counter(answers)}")
+    assert warmed_after > 3 and len(answers) > 30  # a real window in which a worker was warming up
+    assert set(answers) == {"503"}  # every connection answered at once, by the warm worker: not ready yet
+    assert ready_after == 200
