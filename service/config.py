@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         default=None, ge=64, description="GPU memory arena limit per session, MiB; empty: no limit."
     )
     gpu_device: int = Field(default=0, ge=0, description="The CUDA device the sessions run on.")
+    use_tf32: bool = Field(
+        default=True,
+        description="TF32 tensor-core math for float32 convolutions and matrix products in the CUDA provider "
+        "(its default; Ampere and later GPUs): faster, with their inputs rounded to a 10-bit mantissa, so scores "
+        "move slightly from the CPU's. Off: full float32. TensorRT engines keep TensorRT's own default (on).",
+    )
     fp16: bool = Field(default=False, description="TensorRT builds FP16 engines (faster; scores move slightly).")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
@@ -177,7 +183,8 @@ class Settings(BaseSettings):
 
     @property
     def tensorrt_cache_dir(self) -> Path:
-        """TensorRT's engines and timing cache: built once per model, batch shape and GPU, then reused."""
+        """TensorRT's engines and timing cache: each engine built once, in a folder of its own
+        (`service.pipeline.engine_cache`), then loaded at every start."""
         return self.state_dir / "tensorrt"
 
 

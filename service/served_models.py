@@ -104,6 +104,7 @@ def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOption
         if settings.fixed_batch_shapes and spec.dynamic_batch
         else None,
         image_shape=(spec.channels, spec.height, spec.width),
+        model_ref=(model.manifest.name, model.manifest.version),
     )
 
 

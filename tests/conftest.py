@@ -12,7 +12,7 @@ import pytest
 
 from loadtests.server import BENTOML, MODEL_STORE, ROOT, RunningServer, kill_tree
 from loadtests.server import running_server as serve_in_background
-from service.pipeline.providers import CUDA, probe_host_gpu
+from service.pipeline.providers import Provider, ProviderUnavailable, choose_provider, probe_host_gpu
 from service.thresholds.store import ThresholdStore, ThresholdStoreError
 
 __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
@@ -21,9 +21,44 @@ if TYPE_CHECKING:
     from starlette.testclient import TestClient
 
 POSTGRES_ENV = "INSPECTION_TEST_POSTGRES_URL"
+PROVIDER_ENV = "INSPECTION_PROVIDER"
+# What the environment asked for before the suite pinned the CPU: the `gpu` tests keep it.
+HOST_PROVIDER = pytest.StashKey[str | None]()
 
 
 RELIABILITY = Path(__file__).parent / "reliability"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test runs on the CPU provider unless it is marked `gpu`. On a GPU host `auto` means CUDA,
+    and the other tests check what the CPU answers (provider names, start-up lines, parity at 2e-6).
+    Pinned here, before any fixture of any scope, so that module- and session-scoped servers get it too:
+    a server a test starts inherits this environment (`loadtests.server.running_server`)."""
+    config.stash[HOST_PROVIDER] = os.environ.get(PROVIDER_ENV)
+    os.environ[PROVIDER_ENV] = Provider.CPU.value
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    host = config.stash.get(HOST_PROVIDER, None)
+    if host is None:
+        os.environ.pop(PROVIDER_ENV, None)
+    else:
+        os.environ[PROVIDER_ENV] = host
+
+
+@pytest.fixture(autouse=True)
+def provider_of_the_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The CPU for a test not marked `gpu` (again, should anything before it have changed it); for a `gpu`
+    test, whatever the environment asked for before the suite pinned the CPU."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv(PROVIDER_ENV, Provider.CPU.value)
+        return Provider.CPU.value
+    host = request.config.stash[HOST_PROVIDER]
+    if host is None:
+        monkeypatch.delenv(PROVIDER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PROVIDER_ENV, host)
+    return host
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,13 +69,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.reliability)
         item.add_marker(_tier(item))
     host = probe_host_gpu()
-    if host.runs(CUDA):
+    try:
+        choose_provider(Provider.CUDA, host)
         return
-    reason = (
-        "no NVIDIA GPU on this host"
-        if not host.device
-        else f"the CUDA provider cannot run here ({host.missing.get(CUDA) or 'not in this onnxruntime build'})"
-    )
+    except ProviderUnavailable as refusal:
+        reason = "no NVIDIA GPU on this host" if not host.device else f"the CUDA provider cannot run here: {refusal}"
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

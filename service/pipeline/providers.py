@@ -4,9 +4,10 @@ onnxruntime falls back to CPU silently when the CUDA or TensorRT provider cannot
 start, and prints an error at every session while trying. So the service decides
 once, before any session: it looks for an NVIDIA device and loads the shared
 libraries each GPU provider links (CUDA 13 and cuDNN 9 from the `gpu` extra's pip
-packages, TensorRT 10 from the `tensorrt` extra). A provider asked for by name
-that cannot run stops the start-up with the missing piece named; `auto` takes the
-best one that can run.
+packages, TensorRT 10 from the `tensorrt` extra), and reads the driver's version:
+CUDA 13's libraries load under an older driver and fail only at the first session.
+A provider asked for by name that cannot run stops the start-up with the missing
+piece named; `auto` takes the best one that can run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import ctypes
 import importlib.util
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,8 +60,36 @@ _INSTALL: dict[str, str] = {
 }
 
 
+CUDA_13_DRIVER = 580  # the first NVIDIA driver release that runs CUDA 13
+CUDA_13 = 13000  # CUDA 13.0 as the driver API counts versions (cuDriverGetVersion: 1000 * major + 10 * minor)
+
+
 class ProviderUnavailable(RuntimeError):
     """The configured execution provider cannot run on this host."""
+
+
+@dataclass(frozen=True)
+class NvidiaDriver:
+    """The NVIDIA driver of this host; either part may be unknown."""
+
+    release: str | None  # the kernel module's version, e.g. "580.65.06" (/proc/driver/nvidia/version)
+    cuda: int | None  # the newest CUDA its libcuda runs, as cuDriverGetVersion counts: 13000 is 13.0
+
+    @property
+    def runs_cuda_13(self) -> bool:
+        # libcuda decides: NVIDIA's forward-compatibility package runs CUDA 13 on an older kernel module.
+        # Unknown counts as yes; the provider a session really got is still read back.
+        if self.cuda is not None:
+            return self.cuda >= CUDA_13
+        if self.release is not None:
+            return int(self.release.split(".")[0]) >= CUDA_13_DRIVER
+        return True
+
+    def __str__(self) -> str:
+        cuda = None if self.cuda is None else f"CUDA {self.cuda // 1000}.{self.cuda % 1000 // 10}"
+        if self.release is None:
+            return cuda or "unknown"
+        return self.release if cuda is None else f"{self.release} ({cuda})"
 
 
 @dataclass(frozen=True)
@@ -69,9 +99,15 @@ class HostGpu:
     device: bool  # an NVIDIA device node exists
     built: frozenset[str]  # providers this onnxruntime build has
     missing: Mapping[str, str | None]  # GPU provider -> the first library that does not load (None: all load)
+    driver: NvidiaDriver | None = None  # None: not read (no device, or no GPU provider in this build)
+    tensorrt: str | None = None  # the version of the TensorRT library that loads, e.g. "10.13.3"
+
+    @property
+    def driver_too_old(self) -> bool:
+        return self.driver is not None and not self.driver.runs_cuda_13
 
     def runs(self, provider: str) -> bool:
-        return self.device and provider in self.built and self.missing.get(provider) is None
+        return self.device and provider in self.built and not self.driver_too_old and self.missing.get(provider) is None
 
 
 def nvidia_device_present() -> bool:
@@ -88,7 +124,48 @@ def probe_host_gpu() -> HostGpu:
     _preload_gpu_libraries()
     missing = {CUDA: _first_unloadable(_LIBRARIES[CUDA])}
     missing[TENSORRT] = missing[CUDA] or _first_unloadable(_LIBRARIES[TENSORRT])
-    return HostGpu(device, built, missing)
+    tensorrt = None if missing[TENSORRT] else _tensorrt_version()
+    return HostGpu(device, built, missing, read_nvidia_driver(), tensorrt)
+
+
+def read_nvidia_driver() -> NvidiaDriver:
+    """This host's driver: the kernel module's release and the CUDA version its libcuda runs."""
+    try:
+        release = parse_driver_release(Path("/proc/driver/nvidia/version").read_text())
+    except OSError:  # no driver loaded, or a container that does not show it
+        release = None
+    return NvidiaDriver(release, _libcuda_version())
+
+
+def parse_driver_release(text: str) -> str | None:
+    """The driver release in the text of /proc/driver/nvidia/version ("NVRM version: NVIDIA UNIX x86_64
+    Kernel Module  580.65.06  ..."), or None when the text is not that."""
+    found = re.match(r"NVRM version:.*? Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)(?=\s|$)", text)
+    return found.group(1) if found else None
+
+
+def tensorrt_release(code: int) -> str:
+    """TensorRT 10's version number (getInferLibVersion: 10000 * major + 100 * minor + patch) as text."""
+    return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+
+
+def _libcuda_version() -> int | None:
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    # cuDriverGetVersion needs no cuInit: it answers without touching the device.
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        return tensorrt_release(ctypes.CDLL(_LIBRARIES[TENSORRT][0]).getInferLibVersion())
+    except (OSError, AttributeError):
+        return None
 
 
 def _preload_gpu_libraries() -> None:
@@ -133,6 +210,11 @@ def choose_provider(provider: Provider, host: HostGpu) -> str:
             f"provider {provider.value!r} needs an NVIDIA GPU and this host has none; "
             "set INSPECTION_PROVIDER=cpu or auto to run on CPU"
         )
+    if host.driver_too_old:
+        raise ProviderUnavailable(
+            f"provider {provider.value!r} needs NVIDIA driver {CUDA_13_DRIVER} or later (CUDA 13), and this "
+            f"host's is {host.driver}; upgrade the driver, or set INSPECTION_PROVIDER=cpu or auto to run on CPU"
+        )
     missing = host.missing.get(wanted)
     if missing is not None:
         needs = TENSORRT if missing in _LIBRARIES[TENSORRT] else CUDA
@@ -143,11 +225,17 @@ def choose_provider(provider: Provider, host: HostGpu) -> str:
 
 
 def unused_gpu(provider: Provider, host: HostGpu) -> str | None:
-    """One line for the operator when `auto` leaves this host's NVIDIA GPU idle for want of libraries."""
+    """One line for the operator when `auto` leaves this host's NVIDIA GPU idle for want of libraries
+    or of a recent enough driver."""
     if provider is not Provider.AUTO or choose_provider(provider, host) != CPU:
         return None
     if not host.device or CUDA not in host.built:
         return None
+    if host.driver_too_old:
+        return (
+            f"provider auto: this host has an NVIDIA GPU, but its driver is {host.driver} and CUDA 13 needs "
+            f"{CUDA_13_DRIVER} or later, so the models run on CPU; upgrade the NVIDIA driver"
+        )
     return (
         f"provider auto: this host has an NVIDIA GPU, but {host.missing[CUDA]} cannot be loaded, so the models "
         f"run on CPU; install {_INSTALL[CUDA]}"

@@ -9,8 +9,10 @@ has run before, 10-60 ms of CPU per run against 0.5 ms for the run itself. Every
 at start-up (`warm_up`), before the service says it is ready, so that the first cameras do not
 pay for the kernel search or TensorRT's engine build.
 
-The provider was chosen before any session (`providers.resolve_provider`); the one a session
-really got is read back, since onnxruntime falls back to CPU without a word.
+The provider was chosen before any session (`providers.choose_provider`); the one a session
+really got is read back, since onnxruntime falls back to CPU without a word. Under TensorRT each
+session's engine is cached in a folder named by the model, its weights, the batch shape and the
+precision, and built by one worker while the others wait (`engine_cache`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ import numpy as np
 import onnxruntime as ort
 
 from service.config import Settings
-from service.pipeline.providers import CPU, CUDA, TENSORRT, check_active_provider, resolve_provider
+from service.pipeline.engine_cache import EngineKey, building_engine, graph_sha256, tensorrt_cache
+from service.pipeline.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    HostGpu,
+    check_active_provider,
+    choose_provider,
+    probe_host_gpu,
+)
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -45,10 +56,14 @@ class RuntimeOptions:
     threads: int = 1
     cuda: dict[str, str] = field(default_factory=dict)  # CUDA provider options (also under TensorRT)
     tensorrt: dict[str, str] = field(default_factory=dict)  # TensorRT provider options, before profiles
+    # Under TensorRT: the cache of this TensorRT version's engines, a folder per engine; None: no engine is kept.
+    engine_cache: Path | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RuntimeOptions:
-        provider = resolve_provider(settings.provider)
+    def from_settings(cls, settings: Settings, host: HostGpu | None = None) -> RuntimeOptions:
+        """The options `settings` give on `host`, a host's GPU side as probed (this host's unless given)."""
+        host = host or probe_host_gpu()
+        provider = choose_provider(settings.provider, host)
         assert settings.inference_threads is not None
         cuda = {
             "device_id": str(settings.gpu_device),
@@ -56,26 +71,27 @@ class RuntimeOptions:
             "cudnn_conv_use_max_workspace": str(int(settings.cuda_conv_max_workspace)),
             "prefer_nhwc": str(int(settings.cuda_prefer_nhwc)),
             "arena_extend_strategy": settings.cuda_arena_extend_strategy,
+            "use_tf32": str(int(settings.use_tf32)),
         }
         if settings.cuda_mem_limit_mb is not None:
             cuda["gpu_mem_limit"] = str(settings.cuda_mem_limit_mb * 1024 * 1024)
-        cache = str(settings.tensorrt_cache_dir)
+        tensorrt = {"device_id": str(settings.gpu_device), "trt_fp16_enable": str(settings.fp16)}
+        engine_cache = None
         if provider == TENSORRT:
-            settings.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
-        tensorrt = {
-            "device_id": str(settings.gpu_device),
-            "trt_fp16_enable": str(settings.fp16),
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": cache,
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": cache,
-        }
-        return cls(provider, settings.inference_threads, cuda, tensorrt)
+            engine_cache = tensorrt_cache(settings.tensorrt_cache_dir, host.tensorrt or "unknown")
+            # Kernel timings hold for any graph on one TensorRT and GPU: shared by every engine it builds.
+            tensorrt |= {"trt_timing_cache_enable": "True", "trt_timing_cache_path": str(engine_cache)}
+        return cls(provider, settings.inference_threads, cuda, tensorrt, engine_cache)
+
+    @property
+    def fp16(self) -> bool:
+        return self.tensorrt.get("trt_fp16_enable") == "True"
 
     def providers(
-        self, input_name: str, profile: tuple[tuple[int, ...], tuple[int, ...]] | None
+        self, input_name: str, profile: tuple[tuple[int, ...], tuple[int, ...]] | None, engine: Path | None = None
     ) -> list[str | tuple[str, dict[str, str]]]:
-        """The provider list for one session; `profile` is TensorRT's (smallest, largest) input shape."""
+        """The provider list for one session; `profile` is TensorRT's (smallest, largest) input shape, and
+        `engine` the folder its engine is cached in (`engine_cache.building_engine`; None: not cached)."""
         if self.provider == CPU:
             return [CPU]
         chain: list[str | tuple[str, dict[str, str]]] = [(CUDA, self.cuda), CPU]
@@ -88,6 +104,8 @@ class RuntimeOptions:
                     "trt_profile_opt_shapes": f"{input_name}:{largest}",
                     "trt_profile_max_shapes": f"{input_name}:{largest}",
                 }
+            if engine is not None:
+                options |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engine)}
             chain.insert(0, (TENSORRT, options))
         return chain
 
@@ -160,10 +178,13 @@ def create_session(
     output_names: list[str],
     batch_sizes: tuple[int, ...] | None = None,
     image_shape: tuple[int, ...] | None = None,
+    model_ref: tuple[str, int] | None = None,
 ) -> InferenceSession:
     """A model's session(s): one per batch size of `batch_sizes`, or one for any batch size.
 
-    `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic."""
+    `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic.
+    `model_ref` (name, version) names the folder of its TensorRT engines; by default the graph's
+    folder and the one above it, as the model store lays them out."""
     path = str(model_path)
     # A CPU session without graph optimisation reads the graph's signature at little cost.
     signature = ort.SessionOptions()
@@ -186,15 +207,32 @@ def create_session(
     dynamic_batch = not isinstance(shape[0], int)  # else one image per run (torchvision detectors)
     image_shape = tuple(shape[1:]) if fixed else tuple(image_shape)
 
+    name, version = model_ref or (model_path.parent.parent.name, model_path.parent.name)
+
     def make(profile: tuple[tuple[int, ...], tuple[int, ...]] | None) -> ort.InferenceSession:
-        providers = runtime.providers(input_name, profile)
-        return ort.InferenceSession(path, sess_options=runtime.session_options(), providers=providers)
+        options = runtime.session_options()
+        if runtime.provider != TENSORRT or runtime.engine_cache is None:
+            return ort.InferenceSession(path, sess_options=options, providers=runtime.providers(input_name, profile))
+        shapes = profile or ((shape[0], *image_shape),) * 2  # no profile: every axis is fixed
+        key = EngineKey(name, str(version), graph_sha256(model_path), shapes, runtime.fp16)
+        # TensorRT builds the engine while the session is made: one worker builds it, the others wait and load it.
+        with building_engine(runtime.engine_cache, key) as folder:
+            providers = runtime.providers(input_name, profile, folder)
+            session = ort.InferenceSession(path, sess_options=options, providers=providers)
+            # Checked inside: a session that fell back from TensorRT built nothing, and its folder must not
+            # be marked as holding an engine.
+            check_active_provider(TENSORRT, session.get_providers())
+            return session
 
     if batch_sizes and dynamic_batch:
         sessions = {rows: make(((rows, *image_shape), (rows, *image_shape))) for rows in batch_sizes}
     else:
         largest = max(batch_sizes or (1,))
-        sessions = {0: make(((1, *image_shape), (largest, *image_shape)) if dynamic_batch else None)}
+        low, high = (1, largest) if dynamic_batch else (shape[0], shape[0])
+        # A graph with any axis left dynamic gets a profile, so that TensorRT builds its engine as the
+        # session is made (under the engine's lock), not at the first run.
+        static = fixed and not dynamic_batch
+        sessions = {0: make(None if static else ((low, *image_shape), (high, *image_shape)))}
     active = {check_active_provider(runtime.provider, s.get_providers()) for s in sessions.values()}
     return InferenceSession(sessions, input_name, output_names, active.pop(), image_shape, _ONNX_DTYPES[element])
 

@@ -1,7 +1,9 @@
 import pytest
 
 from service.config import Settings, host_defaults, usable_cpus
-from service.pipeline.providers import nvidia_device_present
+from service.pipeline.providers import CPU, CUDA, TENSORRT, nvidia_device_present
+from service.pipeline.runtime import RuntimeOptions
+from tests.service.pipeline.hosts import GPU_HOST
 
 
 def test_a_16_core_gpu_host_gets_8_workers_with_fixed_batch_shapes():
@@ -48,3 +50,20 @@ def test_usable_cpus_is_at_most_the_affinity():
     import os
 
     assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_tf32_is_on_by_default_as_in_onnxruntime_and_the_setting_reaches_the_cuda_provider(tmp_path):
+    on_cuda = RuntimeOptions.from_settings(Settings(provider="cuda", state_dir=tmp_path), GPU_HOST)
+    assert on_cuda.providers("images", None) == [(CUDA, on_cuda.cuda), CPU]
+    assert on_cuda.cuda["use_tf32"] == "1"
+    for provider, first in (("cuda", CUDA), ("tensorrt", TENSORRT)):  # TensorRT hands the CUDA provider the rest
+        settings = Settings(provider=provider, state_dir=tmp_path, use_tf32=False)
+        chain = RuntimeOptions.from_settings(settings, GPU_HOST).providers("images", None)
+        *_, (name, cuda), cpu = chain
+        assert (chain[0][0], name, cpu) == (first, CUDA, CPU)
+        assert cuda["use_tf32"] == "0"
+
+
+def test_tf32_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("INSPECTION_USE_TF32", "false")
+    assert Settings().use_tf32 is False
