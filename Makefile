@@ -2,7 +2,8 @@
 # `make test`:  set up, then run the whole test suite.
 # Both are idempotent: a second run only does what changed.
 # On a GPU host: `make serve GPU=cuda` (or GPU=tensorrt) also installs that provider's libraries
-# and serves on it, refusing to start rather than falling back to CPU.
+# and serves on it, refusing to start rather than falling back to CPU; `make gpu-check GPU=cuda`
+# measures what the service gets out of the GPU, in one report (python -m loadtests.gpu_check).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +24,7 @@ else
 $(error GPU must be cuda or tensorrt, not '$(GPU)')
 endif
 
-.PHONY: serve test demo bento clean
+.PHONY: serve test gpu-check demo bento clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,12 @@ serve: $(VENV)/.serve $(GPU_STAMP)
 
 test: $(VENV)/.dev $(GPU_STAMP)
 	tests/with_services.sh $(BIN)/pytest
+
+# Provider probe, batch shapes, a short served benchmark of every demo model and the gpu tests, in
+# at most ~7.5 minutes; report in loadtests/results/gpu-check/ (ARGS="--out DIR" elsewhere). Where
+# there is no GPU it says why and exits 0.
+gpu-check: $(VENV)/.dev $(GPU_STAMP)
+	$(BIN)/python -m loadtests.gpu_check $(ARGS)
 
 # Retrain and export the demo models as new versions in model_store/.
 demo: $(VENV)/.dev

@@ -20,15 +20,18 @@ For each case (the classifier at 640x480 and at 2448x2048 JPEG frames, the segme
 
 Targets: served >= 0.85 x bare; p99 at half rate <= 3 x single-request latency.
 `--variant NAME:key=value,...` adds a server with other settings or the code of another commit
-(see `Variant`), so that a change can be compared before and after within one run; `--rounds N`
-repeats each case (bare, then every variant) and reports medians; `--profile FOLDER` records a
-py-spy flame graph of one worker per saturated phase. Prints a markdown table and writes JSON.
+(`ref=COMMIT`) or folder (`code=PATH`, where this copy has no .git; see `Variant`), so that a change
+can be compared before and after within one run (each server's worker count is read from the server,
+whichever code it runs); `--rounds N` repeats each case (bare, then every variant) and reports
+medians; `--profile FOLDER` records a py-spy flame graph of one worker per saturated phase. Prints a
+markdown table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
@@ -37,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -51,7 +55,7 @@ import onnxruntime as ort
 import psutil
 
 from loadtests.frames import Station, line_frames
-from loadtests.server import ROOT, model_samples, running_server
+from loadtests.server import ROOT, RunningServer, model_samples, running_server, worker_processes
 from service.config import Settings
 from service.metrics import STAGES
 from service.model_store import ModelVersion, load_version
@@ -98,33 +102,67 @@ class Variant:
     """A server configuration: environment overrides on top of the defaults, and the code to serve.
 
     `NAME:key=value,...`: a lower-case key is a service setting (`max_batch_size=4` sets
-    INSPECTION_MAX_BATCH_SIZE), an upper-case one any environment variable of the server, and
-    `ref=COMMIT` serves the service as it was at that commit (a temporary git worktree), so that a
-    change can be measured against the code before it in the same run.
+    INSPECTION_MAX_BATCH_SIZE), an upper-case one any environment variable of the server, and the
+    code is this checkout's unless one of these names another, so that a change can be measured
+    against the code before it in the same run:
+    - `ref=COMMIT`: the service as it was at that commit of this repository's history;
+    - `code=PATH`: the service in that folder, a tree checked out elsewhere (where this copy has no
+      git history, as on a host that received a plain copy of the working tree).
     """
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
-    ref: str | None = None
+    ref: str | None = None  # the full commit id
+    code: Path | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         name, _, pairs = text.partition(":")
         given = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
-        ref = given.pop("ref", None)
-        if ref is not None:
-            found = subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], capture_output=True
-            )
-            if found.returncode != 0:
-                raise argparse.ArgumentTypeError(f"ref {ref!r} is no commit of this repository")
+        ref, code = given.pop("ref", None), given.pop("code", None)
+        if ref is not None and code is not None:
+            raise argparse.ArgumentTypeError(f"variant {name!r}: ref= or code=, not both")
         settings = {key: value for key, value in given.items() if not key.isupper()}
         unknown = set(settings) - set(Settings.model_fields)
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown settings {sorted(unknown)}; see service/config.py")
         Settings(**settings)  # a bad value fails here, not in the server
         env = {f"INSPECTION_{key.upper()}": value for key, value in settings.items()}
-        return cls(name, {**env, **{key: value for key, value in given.items() if key.isupper()}}, ref)
+        return cls(
+            name,
+            {**env, **{key: value for key, value in given.items() if key.isupper()}},
+            None if ref is None else commit_of(ref),
+            None if code is None else service_tree(Path(code)),
+        )
+
+
+def commit_of(ref: str, repository: Path = ROOT) -> str:
+    """The commit that `ref` names in `repository`'s history; refused, saying what to do instead, where
+    there is no history to read."""
+    if not (repository / ".git").exists() or shutil.which("git") is None:
+        raise argparse.ArgumentTypeError(
+            f"ref={ref} needs this repository's git history, and {repository} has none (no .git or no git: "
+            f"a plain copy of the working tree?). Check the commit out where the history is, e.g. "
+            f"`git archive {ref} | tar -x -C before/`, bring that folder along and pass code=before/ instead"
+        )
+    found = subprocess.run(
+        ["git", "-C", str(repository), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise argparse.ArgumentTypeError(f"ref {ref!r} is no commit of this repository")
+    return found.stdout.strip()
+
+
+def service_tree(path: Path) -> Path:
+    """`path` as the root of a tree that `bentoml serve` can serve; refused where it holds no service."""
+    root = path.resolve()
+    if not (root / "service" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"code={path} holds no service/ package: pass the root of a checked-out tree of this repository"
+        )
+    return root
 
 
 @dataclass
@@ -261,28 +299,27 @@ def bare_pipeline_rate(
 
 
 @contextmanager
-def running_service(
-    variant: Variant, model_store: Path, models: list[str], log_dir: Path
-) -> Iterator[tuple[str, psutil.Process]]:
+def running_service(variant: Variant, model_store: Path, models: list[str], log_dir: Path) -> Iterator[RunningServer]:
     """`bentoml serve` on 127.0.0.1 with the variant's settings and code, every worker up; stopped by PID."""
-    with ExitStack() as stack:
-        code = ROOT
-        if variant.ref is not None:
-            code = stack.enter_context(worktree(variant.ref, log_dir / f"code-{variant.name}"))
-        server = stack.enter_context(
-            running_server(log_dir, 180.0, env=variant.env, root=code, model_store=model_store, models=",".join(models))
-        )
-        yield server.url, psutil.Process(server.process.pid)
+    code = variant.code or ROOT
+    if variant.ref is not None:
+        code = export_commit(variant.ref, log_dir / f"code-{variant.name}")
+    with running_server(
+        log_dir, 180.0, env=variant.env, root=code, model_store=model_store, models=",".join(models)
+    ) as server:
+        yield server
 
 
-@contextmanager
-def worktree(ref: str, path: Path) -> Iterator[Path]:
-    """This repository's files at `ref`, checked out at `path` for as long as the context lasts."""
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), ref], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=True)
+def export_commit(commit: str, path: Path, repository: Path = ROOT) -> Path:
+    """`repository`'s files at `commit`, written to `path`. `git archive` reads the history and changes
+    nothing in the checkout (a worktree would be registered in it, and left there by a killed run)."""
+    archive = subprocess.run(["git", "-C", str(repository), "archive", "--format=tar", commit], capture_output=True)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
+    path.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(path, filter="data")
+    return path
 
 
 async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> bool:
@@ -382,6 +419,7 @@ def mean_between(before: dict, after: dict, key: str) -> float:
 @dataclass
 class ServedResult:
     variant: str
+    workers: int  # worker processes the server ran, read from the server
     served_rate: float
     p50_ms: float
     p95_ms: float
@@ -487,6 +525,7 @@ async def measure_served(
     answered = len(saturated.seconds)
     return ServedResult(
         variant=variant,
+        workers=len(worker_processes(server)),
         served_rate=saturated.rate,
         p50_ms=saturated.percentile_ms(50),
         p95_ms=saturated.percentile_ms(95),
@@ -508,6 +547,7 @@ async def measure_served(
 
 
 MEDIAN_FIELDS = (
+    "workers",
     "bare_rate",
     "bare_cpu_ms_per_image",
     "served_rate",
@@ -545,14 +585,14 @@ def summary_row(case: Station, variant: str, rounds: list[dict]) -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     header = (
-        "| model | frames | server | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
+        "| model | frames | server | workers | bare img/s | served img/s | served/bare | p50 ms | p95 ms | p99 ms "
         "| CPU ms/img bare | CPU ms/img server+client | worker CPU shares | single p50 ms | p99 at 0.5x ms "
         "| p99(0.5x)/single | GPU busy % |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         lines.append(
-            f"| {row['model']} | {row['frames']} | {row['variant']} "
+            f"| {row['model']} | {row['frames']} | {row['variant']} | {row['workers']:.0f} "
             f"| {row['bare_rate']:.1f} | {row['served_rate']:.1f} "
             f"| {row['served_ratio']:.2f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} "
             f"| {row['bare_cpu_ms_per_image']:.2f} "
@@ -608,15 +648,19 @@ def main(argv: list[str] | None = None) -> int:
 
     frames = {(case.width, case.height): line_frames(case.width, case.height) for case in cases}
     rows: list[dict] = []
+    workers: dict[str, int] = {}
     models = sorted({case.model for case in cases})
     with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch, ExitStack() as servers:
         # Every variant's server is up (idle ones cost nothing). Each round of a case measures the bare
         # pipeline and then every variant, one after another, so that they see the machine in the
         # same state; the figures of a row are medians over the rounds.
-        running = [
-            (variant, *servers.enter_context(running_service(variant, args.model_store, models, Path(scratch))))
-            for variant in variants
-        ]
+        running = []
+        for variant in variants:
+            server = servers.enter_context(running_service(variant, args.model_store, models, Path(scratch)))
+            # Read from the server: another commit's code, or this host, may choose another count than ours.
+            workers[variant.name] = len(server.workers())
+            print(f"server [{variant.name}]: {workers[variant.name]} workers", flush=True)
+            running.append((variant, server.url, psutil.Process(server.process.pid)))
         for case in cases:
             case_frames = frames[(case.width, case.height)]
             version = load_version(args.model_store, case.model)
@@ -693,7 +737,15 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_size": settings.max_batch_size,
             "batch_window_ms": settings.batch_window_ms,
         },
-        "variants": {variant.name: {"env": variant.env, "ref": variant.ref} for variant in variants},
+        "variants": {
+            variant.name: {
+                "env": variant.env,
+                "ref": variant.ref,
+                "code": None if variant.code is None else str(variant.code),
+                "workers": workers.get(variant.name),
+            }
+            for variant in variants
+        },
         "targets": {"served_over_bare_at_least": SERVED_TARGET, "half_rate_p99_over_single_at_most": LATENCY_TARGET},
         "results": rows,
         "table": table,

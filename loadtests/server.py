@@ -1,6 +1,9 @@
 """A real `bentoml serve` on 127.0.0.1, in the background: ready with every worker, stopped by PID.
 
-The benchmark and the test suite both start servers this way.
+The benchmark and the test suite both start servers this way. How many workers a server runs is read
+from the server itself (the worker processes under it), never derived here: the code served may be
+another commit's, whose defaults differ from this checkout's (the benchmark's `ref=` and `code=`
+variants), and the host's defaults depend on its cores and GPU.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.config import Settings
-
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_STORE = ROOT / "model_store"
 BENTOML = Path(sys.executable).parent / "bentoml"
@@ -39,6 +40,10 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[psutil.Process]:
+        """The worker processes the server runs now."""
+        return worker_processes(psutil.Process(self.process.pid))
 
     def worker_pids(self, kind: str) -> set[str]:
         """PIDs of the workers that wrote a prometheus_client file of this kind (one file per kind and PID).
@@ -94,9 +99,8 @@ def running_server(
     server = RunningServer(
         url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, bentoml_home=bentoml_home
     )
-    workers = expected_workers(env)
     try:
-        _wait_ready(server, workers, timeout_s)
+        _wait_ready(server, timeout_s)
         yield server
     finally:
         stop(process)
@@ -124,13 +128,17 @@ def service_target(root: Path) -> str:
     return "service.service:InspectionService"
 
 
-def expected_workers(env: Mapping[str, str]) -> int:
-    """The worker processes a server started with `env` runs: as configured, or derived from this host."""
-    if "INSPECTION_WORKERS" in env:
-        return int(env["INSPECTION_WORKERS"])
-    workers = Settings(provider=env.get("INSPECTION_PROVIDER", "auto")).workers
-    assert workers is not None
-    return workers
+def worker_processes(server: psutil.Process) -> list[psutil.Process]:
+    """The processes under `bentoml serve` that serve requests: circus starts each one with a
+    `--worker-id`, whatever the version of the service's code."""
+    workers = []
+    for child in server.children(recursive=True):
+        try:
+            if "--worker-id" in child.cmdline():
+                workers.append(child)
+        except psutil.NoSuchProcess:  # a worker that exited (a crash; circus starts another)
+            continue
+    return sorted(workers, key=lambda worker: worker.pid)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -155,10 +163,14 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _wait_ready(server: RunningServer, workers: int, timeout_s: float) -> None:
-    """/readyz answers as soon as one worker is up, and clients connecting then could all stay on
-    that worker for as long as they keep their connections: wait until every worker has loaded."""
+def _wait_ready(server: RunningServer, timeout_s: float) -> None:
+    """/readyz can answer as soon as one worker is up, and clients connecting then could all stay on
+    that worker for as long as they keep their connections: wait until every worker has loaded.
+
+    Circus starts all the workers at once, long before the first one has loaded its models and
+    /readyz answers; so once it does, the workers under the server are all the server will run."""
     deadline = time.monotonic() + timeout_s
+    workers: list[psutil.Process] = []
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
@@ -166,7 +178,13 @@ def _wait_ready(server: RunningServer, workers: int, timeout_s: float) -> None:
             ready = httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             ready = False
-        if ready and len(server.worker_pids("gauge_max")) >= workers:
-            return
+        if ready:
+            workers = server.workers()
+            loaded = server.worker_pids("gauge_max")
+            if workers and all(str(worker.pid) in loaded for worker in workers):
+                return
         time.sleep(0.2)
-    raise RuntimeError(f"server and its {workers} workers not ready after {timeout_s:.0f}s:\n{server.log()[-4000:]}")
+    raise RuntimeError(
+        f"server not ready after {timeout_s:.0f}s ({len(workers)} workers under it, "
+        f"{len(server.worker_pids('gauge_max'))} of them loaded):\n{server.log()[-4000:]}"
+    )
