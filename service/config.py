@@ -117,13 +117,20 @@ class Settings(BaseSettings):
         le=600.0,
         description="A body from which no byte arrives for this long answers 408 (before the request timeout).",
     )
-    max_concurrency: int = Field(default=64, ge=1, description="Requests in flight per worker before 503.")
+    max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Predictions admitted per worker, uploads in progress included (what a worker holds in "
+        "memory), before a new one answers 503 at once.",
+    )
     latency_budget_ms: float = Field(
         default=1000.0,
         gt=0.0,
         le=600_000.0,
-        description="A prediction whose expected latency (what is in flight for its model, by the model's "
-        "measured pace) is over this answers 503 at once; a request may send its own in X-Latency-Budget-Ms.",
+        description="A prediction is admitted once it can be answered within this (by what is ahead of it at "
+        "its model, the model's measured pace and the latency of recent answers), waiting unread until then, "
+        "and answers 503 once even an idle model could no longer answer it in time; a request may send its "
+        "own in X-Latency-Budget-Ms.",
     )
     request_timeout_s: int = Field(default=30, ge=1)
     access_log: bool = Field(

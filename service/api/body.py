@@ -9,6 +9,7 @@ being buffered whole.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -22,7 +23,10 @@ MULTIPART = "multipart/form-data"
 IMAGE_FIELD = "image"
 
 
-async def read_image_bytes(request: Request, max_bytes: int, idle_timeout_s: float) -> bytes:
+async def read_image_bytes(
+    request: Request, max_bytes: int, idle_timeout_s: float, arrived: Callable[[], object] | None = None
+) -> bytes:
+    """The image of a prediction request; `arrived` is called as each part of the body arrives."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != MULTIPART and media_type not in RAW_BODY_TYPES:
         shown = media_type or "none"
@@ -32,7 +36,7 @@ async def read_image_bytes(request: Request, max_bytes: int, idle_timeout_s: flo
         )
     # multipart adds headers and boundaries around the image: allow for them.
     limit = max_bytes + 64 * 1024 if media_type == MULTIPART else max_bytes
-    body = await read_body(request, limit, idle_timeout_s)
+    body = await read_body(request, limit, idle_timeout_s, arrived=arrived)
     if media_type != MULTIPART:
         return body
     try:
@@ -57,10 +61,11 @@ async def read_body(
     idle_timeout_s: float,
     what: str = "body",
     setting: str = "INSPECTION_MAX_BODY_BYTES",
+    arrived: Callable[[], object] | None = None,
 ) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes (`what` and `setting` name it),
     and with 408 when no byte of it arrives for `idle_timeout_s`: a stalled upload is the client's
-    link, not the server, and answers well before the request timeout."""
+    link, not the server, and answers well before the request timeout. `arrived` is called at each part."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"{what} is {declared} bytes; the limit is {limit} ({setting})")
@@ -76,6 +81,8 @@ async def read_body(
                     idle.reschedule(now + idle_timeout_s)
                     moved_at = now
                 received += len(chunk)
+                if arrived is not None:
+                    arrived()
                 if received > limit:
                     raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes ({setting})")
                 chunks.append(chunk)

@@ -47,7 +47,7 @@ class PredictionEndpoint:
         models = self._served_models()
         label = model if model in models else UNKNOWN_MODEL
         try:
-            response: Response = JSONResponse(await self._predict(request, models, model))
+            response: Response = JSONResponse(await self._predict(request, models, model, started))
         except InspectionError as exc:
             _count(label, exc, started)
             return error_response(exc)
@@ -62,12 +62,17 @@ class PredictionEndpoint:
         inspection_metrics().request_duration.labels(label, "200").observe(time.perf_counter() - started)
         return response
 
-    async def _predict(self, request: Request, models: ServedModels, model: str) -> dict:
+    async def _predict(self, request: Request, models: ServedModels, model: str, arrived: float) -> dict:
         settings = self._settings
         predictor = models.get(model)
-        with self.admission.slot(model, latency_budget_s(request)):
-            options = parse_options(predictor.manifest, request.query_params)
-            data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+        options = parse_options(predictor.manifest, request.query_params)
+        # Admitted from the headers: a request that cannot be answered in time is refused before its
+        # upload, and an upload in progress is not yet work for the model.
+        async with self.admission.place(model, latency_budget_s(request), arrived) as place:
+            data = await read_image_bytes(
+                request, settings.max_body_bytes, settings.body_timeout_s, place.body_part_arrived
+            )
+            place.start_work()
             return await predictor.predict(data, options, models.thresholds.active)
 
 

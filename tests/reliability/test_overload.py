@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import httpx
+import numpy as np
 
-from loadtests.frames import Station
+from loadtests.frames import Station, line_frames
 from loadtests.overload import NO_BUDGET_MS, Phase, report, run_phase
 from tests.conftest import running_server
 
@@ -30,6 +32,84 @@ def test_under_overload_admitted_predictions_answer_within_their_latency_budget(
     # The cameras' own figure also holds their share of the cores they share with the server here.
     assert bounded.percentile_ms(99) < 1.25 * budget_ms
     assert bounded.answered_per_s >= 0.8 * unbounded.answered_per_s  # refusing at once keeps the model busy
+
+
+def test_clients_that_never_back_off_are_not_refused_where_every_answer_comes_within_the_budget(tmp_path):
+    # 32 closed-loop cameras on the segmenter: saturated, answers come at ~0.3 s p50, all within 0.5 s.
+    station, budget_ms = Station("weld-segmenter", 640, 480), 500
+
+    def saturate(url: str, budget_ms: float) -> Phase:
+        return asyncio.run(run_phase(url, station, cameras=32, budget_ms=budget_ms, seconds=6.0, retry_ms=0))
+
+    with running_server(tmp_path, models=station.model, workers=2) as server:
+        unbounded = saturate(server.url, NO_BUDGET_MS)
+        bounded = saturate(server.url, budget_ms)
+    print(f"\n{report(unbounded, 'no budget')}\n{report(bounded, 'budget')}")
+    assert unbounded.percentile_ms(99) < budget_ms  # nothing would be late
+    assert bounded.refused <= 0.01 * len(bounded.latencies_s) and bounded.failed == 0
+    assert bounded.answered_per_s >= 0.9 * unbounded.answered_per_s
+
+
+def test_stalled_and_trickling_uploads_cost_a_camera_beside_them_nothing(tmp_path):
+    """40 uploads that stall after a few bytes (until their 408, then again) and 8 that trickle a byte
+    a second past any budget take no model's capacity and do not stretch its pace: a camera beside
+    them, a frame every 50 ms, is neither refused nor slowed."""
+    frame = line_frames(640, 480)[2]
+    head = (
+        b"POST /v1/models/weld-classifier/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 100000\r\n\r\n" + frame[:64]
+    )
+
+    def camera(url: str, seconds: float, fps: float = 20.0) -> tuple[list[float], int]:
+        """A line camera: a frame every 1/fps s, as parts pass."""
+        latencies, refused = [], 0
+        with httpx.Client(timeout=10) as client:
+            started = time.perf_counter()
+            for tick in range(int(seconds * fps)):
+                time.sleep(max(0.0, started + tick / fps - time.perf_counter()))
+                started_at = time.perf_counter()
+                response = client.post(
+                    f"{url}/v1/models/weld-classifier/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+                )
+                assert response.status_code in (200, 503), response.text
+                refused += response.status_code == 503
+                latencies.append(time.perf_counter() - started_at)
+        return latencies, refused
+
+    with running_server(tmp_path, models="weld-classifier", workers=2, body_timeout_s=1.5) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        stop = threading.Event()
+
+        def stall() -> None:
+            while not stop.is_set():
+                with socket.create_connection((host, int(port)), timeout=10) as connection:
+                    connection.sendall(head)
+                    connection.recv(4096)  # its 408, once no byte came for the body timeout
+
+        def trickle() -> None:
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(head)
+                while not stop.wait(1.0):
+                    connection.sendall(b"\0")
+
+        camera(server.url, 1.0)  # warm: the model's pace known
+        alone, refused_alone = camera(server.url, 4.0)
+        threads = [threading.Thread(target=stall, daemon=True) for _ in range(40)]
+        threads += [threading.Thread(target=trickle, daemon=True) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            beside, refused_beside = camera(server.url, 6.0)
+        finally:
+            stop.set()
+    p99_alone, p99_beside = np.percentile(alone, 99), np.percentile(beside, 99)
+    print(
+        f"\ncamera alone: p99 {1000 * p99_alone:.1f} ms, {refused_alone} refused; beside 48 stalled uploads: "
+        f"p99 {1000 * p99_beside:.1f} ms, {refused_beside} of {len(beside)} refused"
+    )
+    assert refused_alone == 0 and refused_beside == 0
+    assert p99_beside < max(2 * p99_alone, p99_alone + 0.05)  # within the noise of a shared host
 
 
 def test_a_refused_request_that_expects_100_continue_is_answered_before_its_upload(tmp_path):
