@@ -55,6 +55,11 @@ _MODEL_OPTIONS = {
         "--resize-filter",
         "bilinear_antialias (default: Pillow/torchvision training) or linear (OpenCV INTER_LINEAR, ultralytics)",
     ),
+    "pad_to_stride": (
+        "--pad-to-stride",
+        "letterbox padding only up to a multiple of this stride, for a graph with dynamic image axes (default for "
+        "such ultralytics files: the model's stride, as YOLO.predict); none: pad to the full input size",
+    ),
     "thresholds": (
         "--thresholds",
         "default thresholds, per class (crack=0.3,porosity=0.6; others 0.5) or one for every class (0.25)",
@@ -221,7 +226,8 @@ def _show(args: argparse.Namespace) -> int:
         ("classes", classes),
         (
             "input",
-            f"{spec.name} {_input_text(manifest)}, {'dynamic batch' if spec.dynamic_batch else 'one image per run'}",
+            f"{spec.name} {_input_text(manifest)}, {'dynamic batch' if spec.dynamic_batch else 'one image per run'}"
+            + (f", padded only to a multiple of {spec.pad_to_stride}" if spec.pad_to_stride else ""),
         ),
         (
             "normalisation",
@@ -364,6 +370,7 @@ def _request(
         width=width,
         resize=_parse(fields, "resize", str, default="stretch"),
         resize_filter=_parse(fields, "resize_filter", str, default="bilinear_antialias"),
+        pad_to_stride=_parse(fields, "pad_to_stride", _stride),
         mean=mean,
         std=_require(fields, "std", _numbers),
         decoder=decoder,
@@ -430,6 +437,18 @@ def _fraction(value: Any) -> float:
     if isinstance(value, bool):
         raise TypeError("expected a number")
     return float(Fraction(str(value)))
+
+
+def _stride(value: Any) -> int | None:
+    """A positive stride; `none` or 0 for none."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    if isinstance(value, bool):
+        raise TypeError("expected a stride")
+    stride = int(value)
+    if stride < 0:
+        raise ValueError("expected a positive stride")
+    return stride or None
 
 
 def _size(value: Any) -> tuple[int, int]:

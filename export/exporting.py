@@ -80,6 +80,7 @@ class ExportRequest:
     description: str = ""
     fp16: bool = False
     resize_filter: ResizeFilter = ResizeFilter.BILINEAR_ANTIALIAS  # how the trainer resized
+    pad_to_stride: int | None = None  # letterbox only to a multiple of this (graphs with dynamic image axes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(MODEL_NAME_PATTERN, self.name):
@@ -140,6 +141,7 @@ def build_manifest(
                 std=request.std,
                 normalization_in_graph=input_dtype == "uint8",
                 dynamic_batch=dynamic_batch,
+                pad_to_stride=request.pad_to_stride,
             ),
             output=OutputSpec(decoder=request.decoder, names=output_names),
             thresholds={c: given.get(c, DEFAULT_THRESHOLD) for c in defects},
@@ -170,6 +172,8 @@ def export_model(
     also configured in place for the input size and the request's NMS and detection limits.
     `parity_inputs`, uint8 [N, C, H, W], replace the random images the check runs on.
     """
+    if request.pad_to_stride is not None:
+        raise ExportError("pad_to_stride needs a graph with dynamic image axes; an export from PyTorch fixes them")
     detector = request.decoder is OutputDecoder.BOXES_SCORES_LABELS
     exporter: Literal["dynamo", "torchscript"] = "torchscript" if detector else "dynamo"
     names = OUTPUT_NAMES[request.decoder]

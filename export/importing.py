@@ -72,7 +72,8 @@ def read_graph(onnx_path: Path) -> tuple[onnx.ModelProto, GraphInput]:
 
 # What an ultralytics detector takes and how its trainer predicts (ultralytics' own defaults): frames
 # letterboxed with OpenCV's linear resize and scaled by 1/255; confidence 0.25, NMS IoU 0.7, at most
-# 300 detections.
+# 300 detections. A graph exported with dynamic image axes (`dynamic=True`) is also padded only up to a
+# multiple of its stride (`pad_to_stride`), as `YOLO.predict` letterboxes for such a graph.
 ULTRALYTICS_DEFAULTS = {
     "task": "detection",
     "decoder": "yolo",
@@ -118,6 +119,7 @@ def ultralytics_fields(model: onnx.ModelProto, graph: GraphInput) -> tuple[dict[
             "export it with model.export(format='onnx') and no NMS inside"
         )
     channels = graph.channels or 3
+    dynamic_image = graph.height is None and graph.width is None
     fields = {
         **ULTRALYTICS_DEFAULTS,
         "classes": classes,
@@ -125,11 +127,13 @@ def ultralytics_fields(model: onnx.ModelProto, graph: GraphInput) -> tuple[dict[
         "channels": channels,
         "mean": [0.0] * channels,
         "std": [1.0] * channels,
+        "pad_to_stride": stride if dynamic_image else None,
     }
     defaults = ULTRALYTICS_DEFAULTS
+    padding = f"padded only to a multiple of {stride} (dynamic image axes)" if dynamic_image else "padded to the input"
     said = (
         f"ultralytics detector: {len(classes)} classes ({', '.join(classes)}), input {height}x{width} "
-        f"(stride {stride}), letterbox with OpenCV's linear resize, pixels / 255, confidence "
+        f"(stride {stride}), letterbox {padding} with OpenCV's linear resize, pixels / 255, confidence "
         f"{defaults['thresholds']}, NMS IoU {defaults['nms_iou']}, at most {defaults['max_detections']} detections; "
         "options override any of these"
     )
@@ -158,6 +162,12 @@ def import_onnx(
             raise ExportError(f"the graph's input has {label} {actual}, not the declared {declared}")
     if graph.batch not in (None, 1):
         raise ExportError(f"the graph's input has a fixed batch of {graph.batch}; use batch 1 or a dynamic batch")
+    stride = request.pad_to_stride
+    if stride is not None and (graph.height is not None or graph.width is not None):
+        raise ExportError(
+            f"pad_to_stride feeds images smaller than {request.height}x{request.width}, but the graph's input is "
+            f"fixed at {graph.height}x{graph.width}: import it without pad_to_stride"
+        )
     # boxes/scores/labels graphs describe one image whatever their input says.
     dynamic_batch = graph.batch is None and request.decoder is not OutputDecoder.BOXES_SCORES_LABELS
 
@@ -181,8 +191,11 @@ def import_onnx(
         ),
         quality=quality,
     )
-    for batch in (1, 2) if dynamic_batch else (1,):
-        images = np.zeros((batch, request.channels, request.height, request.width), dtype=graph.dtype)
+    shapes = [(batch, request.height, request.width) for batch in ((1, 2) if dynamic_batch else (1,))]
+    if stride is not None:  # a wide frame's input: the service feeds such shapes too
+        shapes.append((1, max(stride, request.height // 2 // stride * stride), request.width))
+    for batch, height, width in shapes:
+        images = np.zeros((batch, request.channels, height, width), dtype=graph.dtype)
         try:
             outputs = session.run(None, {graph.name: images})
         except Exception as exc:

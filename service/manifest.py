@@ -83,6 +83,15 @@ class InputSpec(_Strict):
         description="True when scale/mean/std are applied inside the graph (input is raw pixels)."
     )
     dynamic_batch: bool = Field(description="True when the graph accepts any batch size.")
+    pad_to_stride: int | None = Field(
+        default=None,
+        ge=1,
+        description="For a graph whose image axes are dynamic: letterbox each frame into height x width, then pad "
+        "it only up to the next multiple of this stride on each axis instead of to the full input (ultralytics' "
+        "`LetterBox(auto=True)`, how `YOLO.predict` runs such a graph): a 320x200 frame at 256x256, stride 32, "
+        "runs at 256x160. Null: every frame is padded to height x width.",
+        examples=[32],
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -92,6 +101,12 @@ class InputSpec(_Strict):
             raise ValueError("std values must be positive")
         if self.dtype == "uint8" and not self.normalization_in_graph:
             raise ValueError("a uint8 input carries raw pixels: normalization_in_graph must be true")
+        stride = self.pad_to_stride
+        if stride is not None:
+            if self.resize is not ResizeMode.LETTERBOX:
+                raise ValueError("pad_to_stride pads a letterboxed frame: it needs resize 'letterbox'")
+            if self.height % stride or self.width % stride:
+                raise ValueError(f"input size {self.height}x{self.width} is not a multiple of pad_to_stride {stride}")
         return self
 
 
@@ -172,7 +187,9 @@ class ModelManifest(_Strict):
         return f"{self.name}:{self.version}"
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        # Left out when unset, so that a manifest without it is written byte for byte as before the field existed.
+        unset = {"input": {"pad_to_stride"}} if self.input.pad_to_stride is None else None
+        return self.model_dump_json(indent=2, exclude=unset) + "\n"
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:

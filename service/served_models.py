@@ -95,6 +95,14 @@ def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOption
     """One model version's onnxruntime session(s), at the batch sizes and input shape the settings and
     its manifest give."""
     spec = model.manifest.input
+    # A model letterboxed only to its stride (`pad_to_stride`) runs at one image shape per frame size
+    # its cameras send, which the start-up cannot know: the warm-up runs the full input size alone, and
+    # each session (one per batch size with fixed batch shapes) runs whatever shape comes; TensorRT gets
+    # an engine profile from stride x stride up to the full size. On CPU a new shape costs nothing more.
+    # On the CUDA provider the first batch of a new frame size pays the kernel search, and since the
+    # provider redoes its per-shape set-up whenever a run's shape differs from the one before, frame
+    # sizes that alternate pay 10-60 ms at each change; cameras of one size pay it once.
+    stride = spec.pad_to_stride
     return create_session(
         model.onnx_path,
         runtime,
@@ -104,6 +112,7 @@ def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOption
         if settings.fixed_batch_shapes and spec.dynamic_batch
         else None,
         image_shape=(spec.channels, spec.height, spec.width),
+        smallest_image_shape=None if stride is None else (spec.channels, stride, stride),
         model_ref=(model.manifest.name, model.manifest.version),
     )
 

@@ -10,6 +10,10 @@ A batch holds at most `max_batch_size` images, and no more than the model runs i
 `max_batch_s`, by its measured time per image: a request that arrives as a batch
 starts waits for that batch, so a slow model (or a CPU, where a batch costs the
 same per image as single images) runs small batches, and a fast one (a GPU) full ones.
+
+A batch stacks into one tensor, so it holds images of one shape: requests of another shape
+(frames of another size, where a model pads only to its stride) wait, in order, and the oldest
+of them starts the next batch. A model fed one shape never holds any back.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +72,7 @@ class MicroBatcher:
         self._seconds_per_image: float | None = None  # moving average over the batches run so far
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._held: deque[_Pending] = deque()  # taken off the queue, not of the shape of the batch then formed
         self._loop_task: asyncio.Task[None] | None = None
 
     async def submit(self, item: np.ndarray) -> BatchedResult:
@@ -76,6 +82,7 @@ class MicroBatcher:
         # started again should it ever have ended, so that no request waits on a loop that is gone.
         if task is None or task.get_loop() is not loop:
             self._queue = asyncio.Queue()
+            self._held = deque()
         if task is None or task.done() or task.get_loop() is not loop:
             self._loop_task = loop.create_task(self._serve_batches())
         assert self._queue is not None
@@ -147,18 +154,26 @@ class MicroBatcher:
         self._seconds_per_image = seconds_per_image if last is None else 0.8 * last + 0.2 * seconds_per_image
 
     async def _collect(self, queue: asyncio.Queue[_Pending], batch: list[_Pending]) -> None:
-        """Fill `batch` (the caller's, so that whatever was taken is answered even if this fails)."""
-        batch.append(await queue.get())
-        deadline = time.perf_counter() + self._window_s
+        """Fill `batch` (the caller's, so that whatever was taken is answered even if this fails) with
+        requests of one shape: the oldest held request's, else the next one's."""
+        held, self._held = self._held, deque()
+        batch.append(held.popleft() if held else await queue.get())
+        shape = batch[0].item.shape
         limit = self.batch_limit
+        for pending in held:
+            (batch if pending.item.shape == shape and len(batch) < limit else self._held).append(pending)
+        deadline = time.perf_counter() + self._window_s
         while len(batch) < limit:
             if not queue.empty():
-                batch.append(queue.get_nowait())
+                self._take(queue.get_nowait(), batch, shape)
                 continue
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if remaining <= 0 or self._held:  # waiting for company would keep the held requests waiting
                 break
             try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
+                self._take(await asyncio.wait_for(queue.get(), remaining), batch, shape)
             except TimeoutError:
                 break
+
+    def _take(self, pending: _Pending, batch: list[_Pending], shape: tuple[int, ...]) -> None:
+        (batch if pending.item.shape == shape else self._held).append(pending)

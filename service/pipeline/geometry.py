@@ -2,7 +2,8 @@
 
 Preprocessing resizes the frame to `content_box`'s size and places it at the box's
 top-left corner of the input; boxes and masks come back through the same numbers,
-so the two directions can never disagree.
+so the two directions can never disagree. The input's size is the geometry's too: the model's
+input size, or less when a letterbox pads only up to a multiple of the stride.
 """
 
 from __future__ import annotations
@@ -37,13 +38,25 @@ class Geometry:
         return cls(width, height, input_width, input_height, input_width / width, input_height / height, 0.0, 0.0)
 
     @classmethod
-    def letterbox(cls, original_wh: tuple[int, int], input_wh: tuple[int, int]) -> Geometry:
-        """Keep the aspect ratio, centre the content, pad the rest (the smaller half of an odd pad on top/left)."""
+    def letterbox(cls, original_wh: tuple[int, int], input_wh: tuple[int, int], stride: int | None = None) -> Geometry:
+        """Keep the aspect ratio, centre the content, pad the rest (the smaller half of an odd pad on top/left).
+
+        With `stride`, the frame is scaled to fit `input_wh` as before, but each axis is padded only
+        up to the next multiple of `stride` (`input_wh` being multiples of it), so the input is
+        smaller than `input_wh` on the frame's short side: ultralytics' `LetterBox(auto=True)`, which
+        `YOLO.predict` uses on graphs with dynamic image axes. 320x200 into 256x256 at stride 32 -> 256x160.
+        """
         (width, height), (input_width, input_height) = original_wh, input_wh
         _check_sizes(original_wh, input_wh)
         scale = min(input_width / width, input_height / height)
         content_width = min(input_width, max(1, round(width * scale)))
         content_height = min(input_height, max(1, round(height * scale)))
+        if stride is not None:
+            if stride < 1 or input_width % stride or input_height % stride:
+                raise ValueError(f"input {input_width}x{input_height} is not a multiple of the stride {stride}")
+            # As ultralytics computes it: the full pad modulo the stride.
+            input_width = content_width + (input_width - content_width) % stride
+            input_height = content_height + (input_height - content_height) % stride
         return cls(
             width,
             height,

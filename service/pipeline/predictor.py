@@ -34,7 +34,7 @@ from service.thresholds.rules import ThresholdSet, resolve
 
 @dataclass(frozen=True)
 class PreparedImage:
-    tensor: np.ndarray  # (C, H, W) uint8 at the model input size
+    tensor: np.ndarray  # (C, H, W) uint8 at the geometry's input size (the model's, or less padded to a stride)
     geometry: Geometry
     active: ThresholdSet  # the thresholds revision in force when the image was read
     decode_s: float

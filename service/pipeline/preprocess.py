@@ -3,7 +3,9 @@
 Per image (in a decode thread): resize to the content size the `Geometry` gives
 (whole input for `stretch`, aspect kept for `letterbox`), pad, move channels
 first. Per batch (in the inference thread): stack into one contiguous NCHW
-buffer, normalising only when the graph does not do it itself.
+buffer, normalising only when the graph does not do it itself. With
+`pad_to_stride` the input is padded only to a multiple of the stride, so frames
+of different sizes give arrays of different shapes; the batcher never mixes them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _REDUCING_GAP = 3.0
 def geometry_for(spec: InputSpec, original_width: int, original_height: int) -> Geometry:
     original, model_input = (original_width, original_height), (spec.width, spec.height)
     if spec.resize is ResizeMode.LETTERBOX:
-        return Geometry.letterbox(original, model_input)
+        return Geometry.letterbox(original, model_input, spec.pad_to_stride)
     return Geometry.stretch(original, model_input)
 
 
@@ -34,7 +36,7 @@ def decode_target(spec: InputSpec) -> tuple[int, int] | None:
 
 
 def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
-    """Resize and pad one image; returns a (C, H, W) uint8 array and how it maps back."""
+    """Resize and pad one image; returns a (C, H, W) uint8 array at the geometry's input size and how it maps back."""
     geometry = geometry_for(spec, decoded.original_width, decoded.original_height)
     x0, y0, x1, y1 = geometry.content_box
     content = decoded.image
@@ -43,10 +45,10 @@ def to_model_input(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, 
     pixels = np.asarray(content)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if (x0, y0, x1, y1) == (0, 0, spec.width, spec.height):
+    if (x0, y0, x1, y1) == (0, 0, geometry.input_width, geometry.input_height):
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
     else:
-        chw = np.full((spec.channels, spec.height, spec.width), spec.letterbox_fill, dtype=np.uint8)
+        chw = np.full((spec.channels, geometry.input_height, geometry.input_width), spec.letterbox_fill, dtype=np.uint8)
         chw[:, y0:y1, x0:x1] = pixels.transpose(2, 0, 1)
     return chw, geometry
 

@@ -178,11 +178,14 @@ def create_session(
     output_names: list[str],
     batch_sizes: tuple[int, ...] | None = None,
     image_shape: tuple[int, ...] | None = None,
+    smallest_image_shape: tuple[int, ...] | None = None,
     model_ref: tuple[str, int] | None = None,
 ) -> InferenceSession:
     """A model's session(s): one per batch size of `batch_sizes`, or one for any batch size.
 
-    `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic.
+    `image_shape` (C, H, W) is what the service feeds a graph whose image axes are left dynamic;
+    `smallest_image_shape`, when it feeds smaller images too (letterboxed only to a stride): the
+    low end of TensorRT's profile. Other providers run any shape the graph takes.
     `model_ref` (name, version) names the folder of its TensorRT engines; by default the graph's
     folder and the one above it, as the model store lays them out."""
     path = str(model_path)
@@ -204,8 +207,11 @@ def create_session(
     fixed = all(isinstance(d, int) for d in shape[1:])
     if not fixed and image_shape is None:
         raise ValueError(f"{model_path}: the input's image axes are dynamic ({shape}): give the shape to feed")
+    if fixed and smallest_image_shape is not None:
+        raise ValueError(f"{model_path}: the input's image axes are fixed ({shape}): it cannot take smaller images")
     dynamic_batch = not isinstance(shape[0], int)  # else one image per run (torchvision detectors)
     image_shape = tuple(shape[1:]) if fixed else tuple(image_shape)
+    smallest = image_shape if smallest_image_shape is None else tuple(smallest_image_shape)
 
     name, version = model_ref or (model_path.parent.parent.name, model_path.parent.name)
 
@@ -225,14 +231,14 @@ def create_session(
             return session
 
     if batch_sizes and dynamic_batch:
-        sessions = {rows: make(((rows, *image_shape), (rows, *image_shape))) for rows in batch_sizes}
+        sessions = {rows: make(((rows, *smallest), (rows, *image_shape))) for rows in batch_sizes}
     else:
         largest = max(batch_sizes or (1,))
         low, high = (1, largest) if dynamic_batch else (shape[0], shape[0])
         # A graph with any axis left dynamic gets a profile, so that TensorRT builds its engine as the
         # session is made (under the engine's lock), not at the first run.
         static = fixed and not dynamic_batch
-        sessions = {0: make(None if static else ((low, *image_shape), (high, *image_shape)))}
+        sessions = {0: make(None if static else ((low, *smallest), (high, *image_shape)))}
     active = {check_active_provider(runtime.provider, s.get_providers()) for s in sessions.values()}
     return InferenceSession(sessions, input_name, output_names, active.pop(), image_shape, _ONNX_DTYPES[element])
 

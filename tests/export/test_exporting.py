@@ -249,6 +249,7 @@ def test_input_size_the_model_cannot_run_is_refused(tmp_path: Path) -> None:
         ({"thresholds": {"crack": 1.5}}, r"^thresholds must lie between 0 and 1, got \{'crack': 1.5\}$"),
         ({"background_class": "slag"}, r"^background_class 'slag' is not one of the classes$"),
         ({"mean": (0.5, 0.5)}, r"^mean and std need 3 value\(s\), one per channel$"),
+        ({"pad_to_stride": 32}, r"^pad_to_stride needs a graph with dynamic image axes; an export from PyTorch fixes"),
     ],
 )
 def test_bad_request_is_refused_in_one_line_before_any_export(

@@ -13,12 +13,14 @@ class RecordingModel:
 
     def __init__(self, seconds_per_batch: float = 0.02, fail_when=lambda items: False):
         self.batch_sizes: list[int] = []
+        self.shapes: list[set[tuple[int, ...]]] = []  # the item shapes of each batch
         self.threads: set[str] = set()
         self._seconds = seconds_per_batch
         self._fail_when = fail_when
 
     def __call__(self, items: list[np.ndarray]) -> list[list[np.ndarray]]:
         self.batch_sizes.append(len(items))
+        self.shapes.append({item.shape for item in items})
         self.threads.add(threading.current_thread().name)
         time.sleep(self._seconds)
         if self._fail_when(items):
@@ -181,3 +183,33 @@ def test_a_batch_loop_that_ended_is_started_again_by_the_next_request():
     after = asyncio.run(scenario())
     batcher.close()
     assert int(after.outputs[0][0]) == 10
+
+
+def test_frames_of_two_sizes_never_share_a_batch_and_each_gets_its_own_answer():
+    model = RecordingModel()  # stacks each batch: one of two shapes would fail every request in it
+    batcher = MicroBatcher(model, max_batch_size=8, window_s=0.005, name="t")
+    items = [np.full((1, 2 + i % 2), i) for i in range(10)]  # 1x2 and 1x3, alternating
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.submit(item) for item in items))
+
+    results = asyncio.run(scenario())
+    batcher.close()
+    assert [r.outputs[0].tolist() for r in results] == [(2 * item).tolist() for item in items]
+    assert model.shapes == [{(1, 2)}, {(1, 3)}]
+    assert model.batch_sizes == [5, 5]
+
+
+def test_a_request_of_another_size_starts_the_next_batch_before_later_requests():
+    model = RecordingModel(seconds_per_batch=0.0)
+    batcher = MicroBatcher(model, max_batch_size=2, window_s=0.05, name="t")
+    wide, tall = (1, 3), (3, 1)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit(np.zeros(shape)) for shape in (wide, tall, wide, wide)))
+
+    asyncio.run(scenario())
+    batcher.close()
+    # The tall frame, held while the first batch filled with wide ones, goes before the last wide one.
+    assert model.shapes == [{wide}, {tall}, {wide}]
+    assert model.batch_sizes == [2, 1, 1]

@@ -97,3 +97,62 @@ def test_mask_not_at_input_size_is_refused():
 
     with pytest.raises(ValueError, match="input size"):
         g.mask_to_original(np.zeros((240, 320), dtype=np.uint8))
+
+
+def test_stride_letterbox_runs_a_320x200_frame_at_256x160_as_ultralytics_does():
+    g = Geometry.letterbox((320, 200), (256, 256), stride=32)  # scale 0.8: 256x160 of content, no pad left
+
+    assert (g.input_width, g.input_height) == (256, 160)
+    assert (g.scale_x, g.scale_y, g.pad_x, g.pad_y) == (0.8, 0.8, 0.0, 0.0)
+
+
+def test_stride_letterbox_pads_the_short_side_only_up_to_the_next_multiple_of_the_stride():
+    g = Geometry.letterbox((640, 360), (256, 256), stride=32)  # 256x144 of content: 16 rows of pad, 8 each side
+
+    assert (g.input_width, g.input_height) == (256, 160)
+    assert g.content_box == (0, 8, 256, 152)
+
+
+def test_stride_letterbox_puts_the_odd_pad_pixel_at_the_bottom_as_ultralytics_rounds():
+    # 45 * 0.64 = 28.8 -> 29 rows; 3 rows of pad to reach 32: ultralytics' round(1.5 - 0.1) = 1 on top.
+    g = Geometry.letterbox((100, 45), (64, 64), stride=32)
+
+    assert (g.input_width, g.input_height) == (64, 32)
+    assert g.content_box == (0, 1, 64, 30)
+
+
+def test_stride_letterbox_of_a_portrait_frame_narrows_the_input():
+    g = Geometry.letterbox((200, 320), (256, 256), stride=32)
+
+    assert (g.input_width, g.input_height) == (160, 256)
+    assert g.content_box == (0, 0, 160, 256)
+
+
+def test_stride_letterbox_of_a_square_frame_is_the_full_letterbox():
+    assert Geometry.letterbox((500, 500), (256, 256), stride=32) == Geometry.letterbox((500, 500), (256, 256))
+
+
+def test_box_in_a_stride_letterboxed_input_maps_back_to_original_pixels():
+    g = Geometry.letterbox((640, 360), (256, 256), stride=32)  # scale 0.4, 8 rows of pad on top
+
+    original = g.boxes_to_original(np.array([[40.0, 28.0, 80.0, 48.0]]))
+
+    np.testing.assert_allclose(original, [[100.0, 50.0, 200.0, 100.0]])
+
+
+def test_stride_letterboxed_mask_maps_back_through_the_smaller_input():
+    g = Geometry.letterbox((640, 360), (256, 256), stride=32)
+    class_map = np.full((160, 256), 7, dtype=np.uint8)  # the pad rows: must not reach the original
+    class_map[8:152] = 0
+    class_map[8 + 20 : 8 + 40, 40:80] = 2
+
+    original = g.mask_to_original(class_map)
+
+    expected = np.zeros((360, 640), dtype=np.uint8)
+    expected[50:100, 100:200] = 2
+    np.testing.assert_array_equal(original, expected)
+
+
+def test_stride_letterbox_into_an_input_the_stride_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        Geometry.letterbox((320, 200), (250, 250), stride=32)

@@ -81,3 +81,18 @@ def test_the_linear_filter_shrinks_as_opencv_does_and_unlike_the_antialiased_one
     antialiased = np.asarray(resize(Image.fromarray(frame), (256, 192), "bilinear_antialias"))
     # Averaging more pixels, the antialiased shrink of noise is much smoother.
     assert antialiased.std() < 0.8 * linear.std()
+
+
+def test_padding_to_the_stride_gives_a_smaller_input_with_the_pad_split_around_the_frame():
+    frame = np.full((40, 64), 200, dtype=np.uint8)  # 32x20 of content; 4 rows of pad reach 24, a multiple of 8
+    tensor, geometry = to_model_input(decoded(frame), spec(pad_to_stride=8))
+    assert tensor.shape == (1, 24, 32) and tensor.flags["C_CONTIGUOUS"]
+    assert (geometry.input_width, geometry.input_height) == (32, 24)
+    assert (tensor[0, :2] == 114).all() and (tensor[0, 22:] == 114).all()
+    assert (tensor[0, 2:22] == 200).all()
+
+
+def test_a_frame_that_fills_a_stride_multiple_is_not_padded_at_all():
+    frame = np.full((48, 64), 200, dtype=np.uint8)  # 32x24 of content: 24 is a multiple of 8
+    tensor, _ = to_model_input(decoded(frame), spec(pad_to_stride=8))
+    assert tensor.shape == (1, 24, 32) and (tensor == 200).all()

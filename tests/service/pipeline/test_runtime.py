@@ -160,3 +160,30 @@ def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(tmp
     )
     session.warm_up()
     assert session.input_shape == (1, 8, 6) and session.rows_run == {1, 2}
+
+
+def test_a_graph_padded_only_to_its_stride_runs_smaller_images_at_every_batch_size(tmp_path):
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, "h", "w"])
+    y = helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 1, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Add", ["images", "images"], ["doubled"])], "double", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    session = create_session(
+        path,
+        ON_CPU,
+        input_name="images",
+        output_names=["doubled"],
+        batch_sizes=(1, 2),
+        image_shape=(1, 64, 64),
+        smallest_image_shape=(1, 32, 32),
+    )
+    for rows, height, width in ((1, 64, 64), (2, 32, 64), (1, 64, 32)):
+        (out,) = session.run(np.ones((rows, 1, height, width), dtype=np.float32))
+        assert out.shape == (rows, 1, height, width) and (out == 2.0).all()
+
+
+def test_a_graph_of_fixed_image_axes_cannot_be_fed_smaller_images(doubling_model):
+    with pytest.raises(ValueError, match="image axes are fixed"):
+        create_session(doubling_model, ON_CPU, input_name="images", output_names=["doubled"], smallest_image_shape=(2,))
