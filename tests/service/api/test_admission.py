@@ -65,6 +65,14 @@ def paced(admission: Admission, clock: Clock, answers: int, every_s: float, mode
     asyncio.run(busy())
 
 
+def busy_model(budget_s: float) -> tuple[Admission, Clock]:
+    """An admission whose model "m" has answered at a pace of 10 ms while busy."""
+    clock = Clock()
+    admission = Admission(limit=100, budget_s=budget_s, clock=clock)
+    paced(admission, clock, answers=50, every_s=0.010)
+    return admission, clock
+
+
 def scenario(body: Callable[[], Coroutine[object, object, T]]) -> T:
     """`body` run on a fresh event loop."""
     return asyncio.run(body())
@@ -94,9 +102,7 @@ def test_each_model_has_its_own_pace_idle_gaps_do_not_count_and_there_is_no_corr
 
 
 def test_a_request_that_would_be_late_waits_unread_and_is_admitted_as_soon_as_an_answer_makes_room():
-    clock = Clock()
-    admission = Admission(limit=100, budget_s=0.1, clock=clock)
-    paced(admission, clock, answers=50, every_s=0.010)
+    admission, clock = busy_model(budget_s=0.1)
 
     async def body() -> None:
         held = Held(admission)
@@ -118,9 +124,7 @@ def test_a_request_that_would_be_late_waits_unread_and_is_admitted_as_soon_as_an
 
 
 def test_a_waiting_request_is_refused_once_even_an_idle_model_could_not_answer_it_in_time():
-    clock = Clock()
-    admission = Admission(limit=100, budget_s=0.05, clock=clock)
-    paced(admission, clock, answers=50, every_s=0.010)
+    admission, clock = busy_model(budget_s=0.05)
 
     async def body() -> float:
         held = Held(admission)
@@ -141,9 +145,7 @@ def test_a_waiting_request_is_refused_once_even_an_idle_model_could_not_answer_i
 
 
 def test_a_request_that_goes_away_while_waiting_leaves_the_waiting_room_and_holds_nothing():
-    clock = Clock()
-    admission = Admission(limit=100, budget_s=0.05, clock=clock)
-    paced(admission, clock, answers=50, every_s=0.010)
+    admission, clock = busy_model(budget_s=0.05)
 
     async def body() -> None:
         held = Held(admission)
@@ -161,9 +163,7 @@ def test_a_request_that_goes_away_while_waiting_leaves_the_waiting_room_and_hold
 
 
 def test_uploads_in_progress_count_only_during_their_grace_and_never_stretch_the_pace():
-    clock = Clock()
-    admission = Admission(limit=100, budget_s=0.05, clock=clock)
-    paced(admission, clock, answers=50, every_s=0.010)
+    admission, clock = busy_model(budget_s=0.05)
 
     async def body() -> None:
         held = Held(admission)

@@ -145,7 +145,9 @@ def test_a_session_that_falls_back_to_cpu_is_refused(doubling_model):
         create_session(doubling_model, RuntimeOptions(CUDA), input_name="images", output_names=["doubled"])
 
 
-def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(tmp_path):
+@pytest.fixture
+def dynamic_image_model(tmp_path: Path) -> Path:
+    """A graph that doubles its input, with every axis but the channels' dynamic."""
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, "h", "w"])
     y = helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 1, "h", "w"])
     graph = helper.make_graph([helper.make_node("Add", ["images", "images"], ["doubled"])], "double", [x], [y])
@@ -153,6 +155,11 @@ def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(tmp
     model.ir_version = 9
     path = tmp_path / "dynamic.onnx"
     onnx.save(model, path)
+    return path
+
+
+def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(dynamic_image_model):
+    path = dynamic_image_model
     with pytest.raises(ValueError, match="image axes are dynamic"):
         create_session(path, ON_CPU, input_name="images", output_names=["doubled"])
     session = create_session(
@@ -162,14 +169,8 @@ def test_a_graph_with_dynamic_image_axes_runs_at_the_shape_the_service_feeds(tmp
     assert session.input_shape == (1, 8, 6) and session.rows_run == {1, 2}
 
 
-def test_a_graph_padded_only_to_its_stride_runs_smaller_images_at_every_batch_size(tmp_path):
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, "h", "w"])
-    y = helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 1, "h", "w"])
-    graph = helper.make_graph([helper.make_node("Add", ["images", "images"], ["doubled"])], "double", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = tmp_path / "dynamic.onnx"
-    onnx.save(model, path)
+def test_a_graph_padded_only_to_its_stride_runs_smaller_images_at_every_batch_size(dynamic_image_model):
+    path = dynamic_image_model
     session = create_session(
         path,
         ON_CPU,
