@@ -16,12 +16,14 @@ plain counters are safe) and per model:
   admitted at once; one that would not waits, its body unread, in the model's waiting room, and is
   admitted as soon as answers going out make room for it in time (the one with the most time left
   first: see `_WaitingRoom`). It is refused with 503 and `Retry-After` only once even an idle model
-  could no longer answer it within its budget, or at once when `limit` requests are already
-  admitted on this worker. A model with nothing ahead admits any request whose budget is at least
-  one pace: no one could answer it sooner, and its answer is fresh evidence after a slowdown. So nothing that
-  would have been answered in time is refused, and a client that retries at once, as load tools do,
-  is held for most of its budget instead of spinning through refusals that cost the server as much
-  as answers. A camera that sends `Expect: 100-continue` never uploads a refused frame.
+  could no longer answer it within its budget (by the answers of an idle model alone: deeper ones
+  would refuse at once what an emptier queue may still answer, and every retry with it), or at once
+  when `limit` requests are already admitted on this worker. A model with nothing ahead admits any
+  request whose budget is at least one pace: no one could answer it sooner, and its answer is fresh
+  evidence after a slowdown. So nothing that would have been answered in time is refused, and a
+  client that retries at once, as load tools do, is held for most of its budget instead of spinning
+  through refusals that cost the server as much as answers. A camera that sends
+  `Expect: 100-continue` never uploads a refused frame.
 - Uploads in progress are not yet work for the model: an admitted request counts ahead of others
   while its body keeps arriving (a part within the last `UPLOAD_GRACE_S`: it will reach the model
   soon), and once it has arrived. An upload that stalls costs the others nothing beyond its
@@ -55,7 +57,7 @@ _PACE_ANSWERS = 64
 UPLOAD_GRACE_S = 0.5
 # A request's own time: this quantile of the recent answers' latency beyond the work ahead of them.
 LATE_QUANTILE = 0.99
-OWN_TIME_WINDOW_S = 3.0
+OWN_TIME_WINDOW_S = 5.0
 # The part of a queue deeper than any seen lately counts this many times its work.
 UNSEEN_DEPTH_CAUTION = 2.0
 _DEPTHS = 12  # 0, 1, 2-3, ... 1024 and more predictions ahead
@@ -118,6 +120,10 @@ class OwnTime:
             if value is not None:
                 return value
         return None
+
+    def idle_s(self, now: float) -> float | None:
+        """The own time of answers admitted with nothing ahead of them, if seen lately."""
+        return self._depths[0].value_s(now)
 
     def seen(self, now: float, ahead: int) -> int:
         """How much of a queue `ahead` deep has been seen lately: all of it when answers admitted at
@@ -237,6 +243,15 @@ class _ModelLoad:
         work = seen + UNSEEN_DEPTH_CAUTION * (ahead - seen)
         return work * self.pace_s + (self.pace_s if own is None else own)
 
+    def idle_latency_s(self, now: float) -> float:
+        """How long even an idle model takes, as seen lately (else one pace): a request that cannot wait
+        so long has no chance. Only answers from an idle model say so; deeper ones would refuse at once
+        what an emptier queue may still answer, and a client that retries at once would spin."""
+        if self.pace_s is None:
+            return 0.0
+        idle = self.own_time.idle_s(now)
+        return self.pace_s if idle is None else idle
+
     def fits(self, now: float, deadline: float) -> bool:
         """Whether a request admitted now would be answered by `deadline`; on an idle model, whether its
         budget is at least one pace: none can answer it sooner, and refusing it would teach nothing."""
@@ -300,8 +315,7 @@ class Admission:
             raise Overloaded(f"{self.admitted} predictions in progress on this worker; retry shortly")
         if load.fits(now, deadline):  # it has the most time left of all that wait: it goes first
             return self._take(load, now, budget_s)
-        # Even an idle model takes this long: a request that cannot wait so long has no chance.
-        give_up_in = deadline - (load.expected_latency_s(now, ahead=0) or 0.0) - now
+        give_up_in = deadline - load.idle_latency_s(now) - now
         if give_up_in <= 0:
             raise _late(load, now, deadline, budget_s)
         waiter = _Waiter(deadline, budget_s, asyncio.get_running_loop().create_future())

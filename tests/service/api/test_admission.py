@@ -144,6 +144,21 @@ def test_a_waiting_request_is_refused_once_even_an_idle_model_could_not_answer_i
     assert 0.035 <= waited < 0.5  # held until 50 - 10 ms, the idle model's latency, had passed
 
 
+def test_only_answers_from_an_idle_model_tell_a_request_it_has_no_chance():
+    own, now = OwnTime(), 0.0
+    for _ in range(10):  # a slow deep queue: 2 s beyond the work of the 40 ahead
+        now += 0.01
+        own.observe(now, 40, 2.0)
+    assert own.value_s(now, 0) == pytest.approx(2.0)  # an upper bound, for admitting at an unseen depth
+    # ... but not evidence that an idle model takes 2 s: giving up on that would refuse at once what an
+    # emptier queue may still answer, and every retry of a client that retries at once.
+    assert own.idle_s(now) is None
+    for _ in range(10):
+        now += 0.01
+        own.observe(now, 0, 0.080)
+    assert own.idle_s(now) == pytest.approx(0.080)
+
+
 def test_a_request_that_goes_away_while_waiting_leaves_the_waiting_room_and_holds_nothing():
     admission, clock = busy_model(budget_s=0.05)
 
