@@ -193,16 +193,21 @@ def test_multipart_upload_answers_like_a_raw_body(server):
 def test_concurrent_requests_form_batches_and_answer_as_one_at_a_time(server):
     frames = [encode_image(generate_weld(70_200 + i, 640, 480).image) for i in range(24)]
     one_at_a_time = [predict(server, CLASSIFIER, f)["scores"] for f in frames]
-    before = batch_counts(server, CLASSIFIER)
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        together = list(pool.map(lambda f: predict(server, CLASSIFIER, f)["scores"], frames))
-    after = batch_counts(server, CLASSIFIER)
-    batches, singles = after[0] - before[0], after[1] - before[1]
+    # Whether requests meet in a batch depends on when each arrives while another batch runs: on a
+    # busy host a burst can pass one at a time, so up to three bursts.
+    for _ in range(3):
+        before = batch_counts(server, CLASSIFIER)
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            together = list(pool.map(lambda f: predict(server, CLASSIFIER, f)["scores"], frames))
+        after = batch_counts(server, CLASSIFIER)
+        batches, singles = after[0] - before[0], after[1] - before[1]
+        for alone, batched in zip(one_at_a_time, together, strict=True):
+            for cls in alone:
+                assert abs(alone[cls] - batched[cls]) < 1e-4
+        if batches - singles >= 1:
+            break
     assert batches < len(frames), "every request ran alone"
     assert batches - singles >= 1, "no batch held more than one image"
-    for alone, batched in zip(one_at_a_time, together, strict=True):
-        for cls in alone:
-            assert abs(alone[cls] - batched[cls]) < 1e-4
 
 
 def test_truncated_image_fails_alone_among_good_images_in_the_same_batch_window(server):
