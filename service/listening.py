@@ -100,8 +100,8 @@ def bind_in_this_worker(fd: int) -> bool:
                 own.bind(inherited.getsockname())
                 os.dup2(own.fileno(), fd, inheritable=False)  # `fd` keeps the socket open
         except OSError as exc:
+            # uvicorn listens on the server's socket instead, once this worker is warm.
             log.warning("no listening socket of this worker's own (%s): sharing the server's", exc)
-            inherited.listen(socket.SOMAXCONN)
             return False
         return True
     finally:
