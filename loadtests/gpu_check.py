@@ -42,21 +42,11 @@ from loadtests.benchmark import Phases
 from loadtests.server import MODEL_STORE, ROOT, kill_tree
 from service.config import Settings, usable_cpus
 from service.model_store import model_names
-from service.pipeline.providers import HostGpu, Provider, ProviderUnavailable, choose_provider, probe_host_gpu
+from service.pipeline.providers import HostGpu, Provider, choose_provider, probe_host_gpu, why_no_gpu
 
 FRAME = (640, 480)  # the line cameras' frames, as in the benchmark's standard cases
 STOP_GRACE_S = 20.0  # after SIGINT, for a phase to stop the servers it started
 PHASE_OUTPUTS = ("batch-shapes.json", "benchmark.json", "gpu.xml")
-
-
-def why_no_gpu(host: HostGpu) -> str | None:
-    """Why the CUDA provider cannot run on this host (the service's own refusal: no device, an
-    onnxruntime without it, a driver too old for CUDA 13, a library that does not load); None where it can."""
-    try:
-        choose_provider(Provider.CUDA, host)
-    except ProviderUnavailable as refusal:
-        return str(refusal)
-    return None
 
 
 def nvidia_device() -> dict[str, object]:

@@ -12,7 +12,7 @@ import pytest
 
 from loadtests.server import BENTOML, MODEL_STORE, ROOT, RunningServer, kill_tree
 from loadtests.server import running_server as serve_in_background
-from service.pipeline.providers import Provider, ProviderUnavailable, choose_provider, probe_host_gpu
+from service.pipeline.providers import Provider, probe_host_gpu, why_no_gpu
 from service.thresholds.store import ThresholdStore, ThresholdStoreError
 
 __all__ = ["BENTOML", "MODEL_STORE", "ROOT", "RunningServer", "kill_tree", "postgres_url", "running_server"]
@@ -69,11 +69,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.reliability)
         item.add_marker(_tier(item))
     host = probe_host_gpu()
-    try:
-        choose_provider(Provider.CUDA, host)
+    refusal = why_no_gpu(host)
+    if refusal is None:
         return
-    except ProviderUnavailable as refusal:
-        reason = "no NVIDIA GPU on this host" if not host.device else f"the CUDA provider cannot run here: {refusal}"
+    reason = "no NVIDIA GPU on this host" if not host.device else f"the CUDA provider cannot run here: {refusal}"
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -224,6 +224,16 @@ def choose_provider(provider: Provider, host: HostGpu) -> str:
     return wanted
 
 
+def why_no_gpu(host: HostGpu) -> str | None:
+    """Why the CUDA provider cannot run on this host (its refusal: no device, an onnxruntime without it,
+    a driver too old for CUDA 13, a library that does not load); None where it can."""
+    try:
+        choose_provider(Provider.CUDA, host)
+    except ProviderUnavailable as refusal:
+        return str(refusal)
+    return None
+
+
 def unused_gpu(provider: Provider, host: HostGpu) -> str | None:
     """One line for the operator when `auto` leaves this host's NVIDIA GPU idle for want of libraries
     or of a recent enough driver."""

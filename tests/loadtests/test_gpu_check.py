@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from loadtests.gpu_check import module, run_phase, served_table, why_no_gpu
+from loadtests.gpu_check import module, run_phase, served_table
 from loadtests.server import ROOT
-from service.pipeline.providers import CUDA, probe_host_gpu
+from service.pipeline.providers import CUDA, probe_host_gpu, why_no_gpu
 
 
 @pytest.mark.skipif(probe_host_gpu().runs(CUDA), reason="this host has a GPU: the check would measure it")
