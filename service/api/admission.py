@@ -78,7 +78,6 @@ class Place:
     pace_s: float | None  # the model's pace then; None while it was unknown
     last_arrival: float = 0.0  # when the last part of its body arrived (or it was admitted)
     stalled: bool = False  # its upload paused for over UPLOAD_GRACE_S
-    work_started: float | None = None
 
     def __post_init__(self) -> None:
         self.last_arrival = self.admitted_at
@@ -93,7 +92,6 @@ class Place:
         self.body_part_arrived()
         self.load.uploading.discard(self)
         self.load.working += 1
-        self.work_started = self.last_arrival
 
 
 class OwnTime:
@@ -352,7 +350,7 @@ class Admission:
     def _release(self, place: Place) -> None:
         now = self._clock()
         self.admitted -= 1
-        if place.work_started is None:
+        if place in place.load.uploading:  # its body never arrived
             place.load.uploading.discard(place)
         else:
             place.load.answered(place, now)
