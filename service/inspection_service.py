@@ -69,7 +69,11 @@ def _served_models() -> ServedModels:
     return bentoml.get_current_service().models
 
 
-api = create_app(settings, _served_models)
+def _ready() -> bool:
+    return bool(bentoml.get_current_service().__is_ready__())
+
+
+api = create_app(settings, _served_models, _ready)
 
 
 @bentoml.service(
@@ -108,6 +112,6 @@ class InspectionService:
 
 
 # In front of BentoML's router: predictions straight to their endpoint (the first added is the outer).
-InspectionService.add_asgi_middleware(DirectPredictions, endpoint=api.state.predictions, settings=settings)
+InspectionService.add_asgi_middleware(DirectPredictions, routes=api.state.direct_routes, settings=settings)
 # Around BentoML's router: its own plain-text errors (a path no route takes) in the error contract.
 InspectionService.add_asgi_middleware(PlainErrorsAsJson)

@@ -48,13 +48,6 @@ class OutputDecoder(StrEnum):
     SEGMENTATION_LOGITS = "segmentation_logits"  # [N, C, H, W]
 
 
-TASK_DECODERS: dict[Task, set[OutputDecoder]] = {
-    Task.CLASSIFICATION: {OutputDecoder.SOFTMAX, OutputDecoder.SIGMOID},
-    Task.DETECTION: {OutputDecoder.BOXES_SCORES_LABELS, OutputDecoder.YOLO},
-    Task.SEGMENTATION: {OutputDecoder.SEGMENTATION_LOGITS},
-}
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -166,15 +159,18 @@ class ModelManifest(_Strict):
             raise ValueError("class names must be unique")
         if self.background_class is not None and self.background_class not in self.classes:
             raise ValueError(f"background_class {self.background_class!r} is not one of the classes")
-        if self.output.decoder not in TASK_DECODERS[self.task]:
-            allowed = ", ".join(sorted(TASK_DECODERS[self.task]))
+        from service.tasks import HEADS  # the tasks' heads read manifests: imported once both exist
+
+        head = HEADS[self.task]
+        if self.output.decoder not in head.decoders:
+            allowed = ", ".join(sorted(head.decoders))
             raise ValueError(f"decoder {self.output.decoder} does not fit task {self.task} (use {allowed})")
         check_thresholds(self.thresholds, self.defect_classes)
         missing = set(self.defect_classes) - set(self.thresholds)
         if missing:
             raise ValueError(f"thresholds missing for defect classes: {sorted(missing)}")
-        if self.task is Task.DETECTION and self.nms_iou is None:
-            raise ValueError("detection models need a default nms_iou")
+        if head.carries_nms and self.nms_iou is None:
+            raise ValueError(f"{self.task} models need a default nms_iou")
         return self
 
     @property

@@ -55,8 +55,8 @@ def inspection_metrics() -> InspectionMetrics:
     return InspectionMetrics(
         request_duration=Histogram(
             "inspection_request_duration_seconds",
-            "End-to-end prediction request duration, by HTTP status.",
-            ["model", "status"],
+            "End-to-end prediction request duration, by HTTP status and protocol (v1, v2).",
+            ["model", "status", "protocol"],
             buckets=LATENCY_BUCKETS,
         ),
         stage_duration=Histogram(

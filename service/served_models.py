@@ -71,12 +71,18 @@ class ServedModels:
             )
         return cls(predictors, thresholds, pool)
 
-    def get(self, name: str) -> Predictor:
+    def get(self, name: str, version: int | None = None) -> Predictor:
+        """The model's predictor; with `version`, only when that is the version loaded (404 if not)."""
         try:
-            return self._predictors[name]
+            predictor = self._predictors[name]
         except KeyError:
             known = ", ".join(sorted(self._predictors))
             raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
+        if version is not None and version != predictor.manifest.version:
+            raise UnknownModel(
+                f"version {version} of {name} is not loaded; the version served is {predictor.manifest.version}"
+            )
+        return predictor
 
     def __contains__(self, name: str) -> bool:
         return name in self._predictors

@@ -19,10 +19,11 @@ from starlette.routing import Match
 from service.api.body import IMAGE_FIELD
 from service.api.contract import error_response
 from service.api.limits import RequestLimits
-from service.api.predictions import LATENCY_BUDGET_HEADER, PredictionEndpoint
-from service.api.query import QUERY_PARAMETERS
-from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Prediction, ThresholdsView
+from service.api.predictions import DirectRoute, PredictionEndpoint, prediction_model
+from service.api.schemas import ErrorResponse, ModelDescription, ModelList, ThresholdsView
 from service.api.thresholds import thresholds_router
+from service.api.v2.endpoints import V2Inference, infer_target
+from service.api.v2.routes import v2_router
 from service.config import Settings
 from service.errors import (
     InspectionError,
@@ -32,8 +33,10 @@ from service.errors import (
     NotFound,
     error_for_status,
 )
+from service.inference import LATENCY_BUDGET_HEADER, Inference
 from service.pipeline.decode import SUPPORTED_FORMATS
 from service.served_models import ServedModels
+from service.tasks import HEADS, PredictionAnswer
 
 _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
@@ -49,11 +52,31 @@ _ERRORS = {
         504: "No answer before the request timeout.",
     }.items()
 }
+
+
+def option_parameters() -> list[dict]:
+    """Every task's prediction options (`service.tasks`) as OpenAPI parameters, from their models: those
+    of one task only say so."""
+    found: dict[str, dict] = {}
+    for head in HEADS.values():
+        properties = head.options.model_json_schema()["properties"]
+        for name, field in head.options.model_fields.items():
+            if name in found:
+                continue
+            schema = {key: value for key, value in properties[name].items() if key not in ("description", "title")}
+            only = "" if all(name in h.options.model_fields for h in HEADS.values()) else f"{head.task.title()}: "
+            found[name] = {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": only + (field.description or ""),
+            }
+    return list(found.values())
+
+
 _PREDICT_REQUEST = {
-    "parameters": [
-        {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-        for name, (schema, description) in QUERY_PARAMETERS.items()
-    ]
+    "parameters": option_parameters()
     + [
         {
             "name": LATENCY_BUDGET_HEADER,
@@ -102,8 +125,22 @@ def describe(models: ServedModels, name: str) -> ModelDescription:
     )
 
 
-def create_app(settings: Settings, served_models: Callable[[], ServedModels]) -> FastAPI:
-    """The API; `served_models` returns this worker's loaded models once the service has started."""
+def api_routes(routes: list) -> list[APIRoute]:
+    """Every API route, those of included routers too (FastAPI keeps an included router as one entry)."""
+    found = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):
+            found.extend(api_routes(route.original_router.routes))
+    return found
+
+
+def create_app(
+    settings: Settings, served_models: Callable[[], ServedModels], ready: Callable[[], bool] = lambda: True
+) -> FastAPI:
+    """The API; `served_models` returns this worker's loaded models once the service has started, `ready`
+    whether the server is ready (every worker's models loaded and warm)."""
     app = FastAPI(
         title="Weld inspection",
         description="Defect classification, detection and segmentation of weld images, with per-class thresholds.",
@@ -118,21 +155,21 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     )
 
     @app.exception_handler(InspectionError)
-    async def _inspection_error(_: Request, exc: InspectionError) -> JSONResponse:
-        return error_response(exc)
+    async def _inspection_error(request: Request, exc: InspectionError) -> JSONResponse:
+        return error_response(exc, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(error_for_status(exc.status_code, str(exc.detail)), exc.headers)
+    async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(error_for_status(exc.status_code, str(exc.detail)), exc.headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         unparseable = any(e["type"] == "json_invalid" for e in exc.errors())
         error = (
             MalformedRequest(f"the body is not valid JSON: {details}") if unparseable else InvalidParameters(details)
         )
-        return error_response(error)
+        return error_response(error, path=request.url.path)
 
     # These read the active thresholds from the database: plain functions, so that FastAPI runs them
     # in its thread pool, off the event loop that carries the predictions (as the thresholds routes).
@@ -145,43 +182,46 @@ def create_app(settings: Settings, served_models: Callable[[], ServedModels]) ->
     def describe_model(model: str) -> ModelDescription:
         return describe(served_models(), model)
 
-    # In the service, predictions reach the endpoint through `DirectPredictions` (service.api.predictions);
-    # the route declares it, and serves it in the in-process app.
-    predictions = PredictionEndpoint(settings, served_models)
-    app.state.predictions = predictions
+    inference = Inference(settings, served_models)
+    predictions = PredictionEndpoint(settings, inference)
+    v2_infer = V2Inference(settings, inference, served_models)
+    app.state.inference = inference
+    # In the service, predictions of both protocols reach their endpoints through `DirectPredictions`
+    # (service.api.predictions); the routes declare them, and serve them in the in-process app.
+    app.state.direct_routes = [
+        DirectRoute(prediction_model, lambda request, model: predictions(request, model)),
+        DirectRoute(infer_target, lambda request, target: v2_infer(request, *target)),
+    ]
 
     @app.post(
         "/v1/models/{model}/predict",
-        response_model=Prediction,
+        response_model=PredictionAnswer,
         responses=_ERRORS,
         openapi_extra=_PREDICT_REQUEST,
         summary="Inspect one image",
     )
     async def predict(model: str, request: Request) -> Response:
-        # The query is read and checked by the endpoint (`parse_options`), not declared here: FastAPI's
-        # validation of five declared parameters took ~13% of the event loop's time per prediction.
+        # The query is read and checked by the core (`service.tasks.parse_options`), not declared here:
+        # FastAPI's validation of five declared parameters took ~13% of the event loop's time per prediction.
         return await predictions(request, model)
 
     app.include_router(thresholds_router(settings, served_models))
+    app.include_router(v2_router(served_models, ready, v2_infer))
 
-    # Last, so that every route above comes first. A path under /v1/ that no route takes would
-    # otherwise fall through to BentoML's own router, which answers a plain-text 404.
+    # Last, so that every route above comes first. A path under /v1/ or /v2/ that no route takes
+    # would otherwise fall through to BentoML's own router, which answers a plain-text 404.
     @app.api_route("/v1/{path:path}", methods=_ALL_METHODS, include_in_schema=False)
+    @app.api_route("/v2/{path:path}", methods=_ALL_METHODS, include_in_schema=False)
     async def no_route(request: Request) -> JSONResponse:
         scope = request.scope
         allowed = sorted(
-            {
-                method
-                for r in app.routes
-                if isinstance(r, APIRoute) and r.matches(scope)[0] is Match.PARTIAL
-                for method in r.methods
-            }
+            {method for r in api_routes(app.routes) if r.matches(scope)[0] is Match.PARTIAL for method in r.methods}
         )
         if allowed:
             error = MethodNotAllowed(
                 f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
             )
-            return error_response(error, {"Allow": ", ".join(allowed)})
+            return error_response(error, {"Allow": ", ".join(allowed)}, request.url.path)
         raise NotFound(f"no route for {request.method} {request.url.path}; see /v1/docs")
 
     return app

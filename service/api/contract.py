@@ -1,9 +1,12 @@
-"""Error answers from the layers under our routes, in the error contract.
+"""Error answers in each protocol's contract, the layers under our routes included.
+
+`/v1` (and every path outside `/v2/`) answers `{"error": {"code", "message"}}`; the Open Inference
+Protocol (`/v2/...`) answers `{"error": "message"}`. Same status and headers in both.
 
 BentoML's own router answers paths that none of its routes or ours takes (a path outside `/v1/`,
-or one whose characters no route pattern matches, such as a newline) with a plain-text 404. This
-middleware, added to BentoML's app around its router, rewrites every plain-text 4xx or 5xx answer
-into `{"error": {"code", "message"}}` with the same status and headers.
+or one whose characters no route pattern matches, such as a newline) with a plain-text 404.
+`PlainErrorsAsJson`, added to BentoML's app around its router, rewrites every plain-text 4xx or 5xx
+answer into the contract of its path.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class PlainErrorsAsJson:
                 return  # short plain-text bodies: the whole text is not needed
             status = held["status"]
             text = "no route for this method and path; see /v1/docs" if status == 404 else _status_text(status)
-            body = error_response(error_for_status(status, text)).body
+            body = error_response(error_for_status(status, text), path=scope["path"]).body
             headers = [
                 (name, value)
                 for name, value in held["headers"]
@@ -51,9 +54,20 @@ class PlainErrorsAsJson:
         await self.app(scope, receive, send_in_contract)
 
 
-def error_response(error: InspectionError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """`{"error": {"code", "message"}}` with the error's status and headers: every error answer of the API."""
-    return JSONResponse(error.to_json(), status_code=error.status, headers={**error.headers, **(headers or {})})
+V2_PREFIX = "/v2"
+
+
+def error_response(
+    error: InspectionError, headers: Mapping[str, str] | None = None, path: str | None = None
+) -> JSONResponse:
+    """Every error answer of the API, with the error's status and headers: `{"error": {"code", "message"}}`,
+    or `{"error": "message"}` for a path of the Open Inference Protocol."""
+    body = {"error": error.message} if path is not None and is_v2(path) else error.to_json()
+    return JSONResponse(body, status_code=error.status, headers={**error.headers, **(headers or {})})
+
+
+def is_v2(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def _plain_error(message: Message) -> bool:

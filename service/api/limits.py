@@ -65,4 +65,4 @@ class RequestLimits:
 
 
 async def _answer(error: InspectionError, scope: Scope, receive: Receive, send: Send) -> None:
-    await error_response(error)(scope, receive, send)
+    await error_response(error, path=scope["path"])(scope, receive, send)

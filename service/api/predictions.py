@@ -1,122 +1,114 @@
-"""`POST /v1/models/{model}/predict`: the prediction endpoint, and the direct route to it.
+"""`POST /v1/models/{model}/predict`: `/v1`'s adapter onto the prediction core, and the direct route to
+the prediction endpoints of both protocols.
 
-`PredictionEndpoint` is the whole of a prediction's HTTP side: admission, the query's options, the
-body, the predictor, the answer, the metrics, every error in the contract. FastAPI declares the route
-(the OpenAPI page, and the in-process app), but in the service requests reach the endpoint through
-`DirectPredictions`, an ASGI middleware in front of BentoML's router: a prediction is the one
-request a camera line sends thousands of times a second, and BentoML's context and router, the
-mount, FastAPI's error layers and its route matching cost it about a tenth of a millisecond of
-CPU each time for nothing it needs. Everything else goes the long way round.
+`PredictionEndpoint` is `/v1`'s wire form of a prediction: its query is the options, its body the one
+frame (raw or multipart), its answer the typed answer's JSON, its errors `{"error": {"code",
+"message"}}`. Everything else (admission, the predictor, the metrics) is the core's
+(`service.inference`). FastAPI declares the route (the OpenAPI page, and the in-process app), but in
+the service requests reach the endpoints through `DirectPredictions`, an ASGI middleware in front of
+BentoML's router: a prediction is the one request a camera line sends thousands of times a second,
+and BentoML's context and router, the mount, FastAPI's error layers and its route matching cost it
+about a tenth of a millisecond of CPU each time for nothing it needs. Everything else goes the long
+way round.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.admission import Admission
 from service.api.body import read_image_bytes
 from service.api.contract import error_response
 from service.api.limits import RequestLimits
-from service.api.query import parse_options
 from service.config import Settings
-from service.errors import InspectionError, InvalidParameters, TimedOut
-from service.metrics import UNKNOWN_MODEL, inspection_metrics
-from service.served_models import ServedModels
-
-log = logging.getLogger(__name__)
-
-LATENCY_BUDGET_HEADER = "X-Latency-Budget-Ms"
+from service.errors import InspectionError
+from service.inference import LATENCY_BUDGET_HEADER, Inference, PredictionCall, Received
+from service.tasks import Answer
 
 
 class PredictionEndpoint:
-    def __init__(self, settings: Settings, served_models: Callable[[], ServedModels]) -> None:
+    def __init__(self, settings: Settings, inference: Inference) -> None:
         self._settings = settings
-        self._served_models = served_models
-        self.admission = Admission(settings.max_concurrency, settings.latency_budget_ms / 1000.0)
+        self._inference = inference
 
     async def __call__(self, request: Request, model: str) -> Response:
-        """The answer to one prediction request, an error answer included; timed and counted by model."""
-        started = time.perf_counter()
-        models = self._served_models()
-        label = model if model in models else UNKNOWN_MODEL
-        try:
-            response: Response = JSONResponse(await self._predict(request, models, model, started))
-        except InspectionError as exc:
-            _count(label, exc, started)
-            return error_response(exc)
-        except asyncio.CancelledError:  # at the request's deadline: `RequestLimits` answers 504
-            _count(label, TimedOut(""), started)
-            raise
-        except Exception:
-            log.exception("prediction failed for model %s", label)
-            error = InspectionError("the prediction failed on the server; see its log")
-            _count(label, error, started)
-            return error_response(error)
-        inspection_metrics().request_duration.labels(label, "200").observe(time.perf_counter() - started)
-        return response
-
-    async def _predict(self, request: Request, models: ServedModels, model: str, arrived: float) -> dict:
+        """The answer to one prediction request, an error answer included."""
         settings = self._settings
-        predictor = models.get(model)
-        options = parse_options(predictor.manifest, request.query_params)
-        # Admitted from the headers: a request that cannot be answered in time is refused before its
-        # upload, and an upload in progress is not yet work for the model.
-        async with self.admission.place(model, latency_budget_s(request), arrived) as place:
-            data = await read_image_bytes(
-                request, settings.max_body_bytes, settings.body_timeout_s, place.body_part_arrived
+
+        async def read_frame(arrived: Callable[[], object]) -> Received:
+            return Received(
+                [await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s, arrived)]
             )
-            place.start_work()
-            return await predictor.predict(data, options, models.thresholds.active)
+
+        try:
+            call = PredictionCall(
+                model=model,
+                version=None,
+                options=request.query_params,
+                read_body=read_frame,
+                budget_ms=request.headers.get(LATENCY_BUDGET_HEADER),
+                arrived_at=time.perf_counter(),
+                protocol="v1",
+                options_source="query parameters",
+            )
+            (answer,) = await self._inference.predict(call)
+        except InspectionError as exc:
+            return error_response(exc)
+        assert isinstance(answer, Answer)  # one frame: its failure is the request's
+        return answer_response(answer)
 
 
-def _count(label: str, error: InspectionError, started: float) -> None:
-    metrics = inspection_metrics()
-    metrics.errors.labels(label, error.code).inc()
-    metrics.request_duration.labels(label, str(error.status)).observe(time.perf_counter() - started)
+def answer_response(answer: Answer) -> Response:
+    """`/v1`'s answer: the typed answer's JSON dump, written as compactly as Starlette's JSONResponse."""
+    body = json.dumps(answer.model_dump(mode="json"), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/json")
 
 
-def latency_budget_s(request: Request) -> float | None:
-    """The request's own latency budget (`X-Latency-Budget-Ms`), in seconds; None when it gives none."""
-    given = request.headers.get(LATENCY_BUDGET_HEADER)
-    if given is None:
-        return None
-    try:
-        milliseconds = float(given)
-    except ValueError:
-        milliseconds = float("nan")
-    if not 1.0 <= milliseconds <= 600_000.0:  # also refuses nan and inf
-        raise InvalidParameters(f"{LATENCY_BUDGET_HEADER} must be a number of milliseconds from 1 to 600000")
-    return milliseconds / 1000.0
+@dataclass(frozen=True)
+class DirectRoute:
+    """A prediction route taken straight to its endpoint: `match` reads a path (None: not this route),
+    `endpoint` answers the request with what it read."""
+
+    match: Callable[[str], Any]
+    endpoint: Callable[[Request, Any], Awaitable[Response]]
 
 
 class DirectPredictions:
-    """ASGI middleware: `POST /v1/models/{model}/predict` straight to `endpoint`, within the same request
-    limits as every other route; anything else on to `app`."""
+    """ASGI middleware: `POST` to a path one of `routes` matches straight to its endpoint, within the
+    same request limits as every other route; anything else on to `app`."""
 
-    def __init__(self, app: ASGIApp, endpoint: PredictionEndpoint, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, routes: list[DirectRoute], settings: Settings) -> None:
         self.app = app
-        self._endpoint = endpoint
+        self._routes = routes
         self._limited = RequestLimits(
             self._predict, max_header_bytes=settings.max_header_bytes, request_timeout_s=settings.request_timeout_s
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and prediction_model(scope["path"]) is not None:
+        if scope["type"] == "http" and scope["method"] == "POST" and self._route(scope["path"]) is not None:
             await self._limited(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
+    def _route(self, path: str) -> tuple[DirectRoute, Any] | None:
+        for route in self._routes:
+            matched = route.match(path)
+            if matched is not None:
+                return route, matched
+        return None
+
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
-        model = prediction_model(scope["path"])
-        assert model is not None  # matched in __call__
-        response = await self._endpoint(Request(scope, receive), model)
+        found = self._route(scope["path"])
+        assert found is not None  # matched in __call__
+        route, matched = found
+        response = await route.endpoint(Request(scope, receive), matched)
         await response(scope, receive, send)
 
 

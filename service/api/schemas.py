@@ -1,13 +1,11 @@
 """Response models of the HTTP API, for its OpenAPI page (`/v1/docs`).
 
-Predictions are built as plain dicts by the post-processing step and sent as
-they are; these models document their shape and are checked against real
-answers by the tests.
+A prediction's answer is typed by its task (`service.tasks`: `PredictionAnswer`); these are the others.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -19,57 +17,6 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-class ImageSize(BaseModel):
-    width: int = Field(description="Original width after EXIF orientation.", examples=[640])
-    height: int = Field(description="Original height after EXIF orientation.", examples=[480])
-
-
-class Box(BaseModel):
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-
-class Detection(BaseModel):
-    class_name: str = Field(examples=["crack"])
-    class_id: int = Field(description="Index into the model's classes.", examples=[1])
-    confidence: float = Field(examples=[0.91])
-    box: Box = Field(description="In original-image pixels.")
-
-
-class Component(BaseModel):
-    box: Box
-    area_px: int
-
-
-class Segment(BaseModel):
-    class_name: str
-    class_id: int
-    confidence: float = Field(description="Highest pixel probability of this class.")
-    area_px: int
-    area_fraction: float
-    components: list[Component] = Field(description="Connected regions, largest first.")
-    mask: dict[str, Any] = Field(
-        description="COCO RLE `{size: [h, w], counts}` (default) or `{format: png, data: base64}`."
-    )
-
-
-class Prediction(BaseModel):
-    model: str = Field(examples=["weld-classifier"])
-    model_version: int = Field(examples=[1])
-    task: Literal["classification", "detection", "segmentation"]
-    image: ImageSize
-    decision: Literal["accept", "reject"] = Field(description="reject when any defect class crossed its threshold.")
-    defects: list[str] = Field(description="Defect classes that crossed their threshold.", examples=[["crack"]])
-    thresholds_revision: int = Field(description="The thresholds revision this answer used.")
-    label: str | None = Field(default=None, description="Classification: the most likely class.")
-    confidence: float | None = Field(default=None, description="Classification: the label's probability.")
-    scores: dict[str, float] | None = Field(default=None, description="Classification: probability per class.")
-    detections: list[Detection] | None = Field(default=None, description="Detection.")
-    segments: list[Segment] | None = Field(default=None, description="Segmentation: one per defect class present.")
 
 
 class ThresholdsView(BaseModel):

@@ -12,7 +12,6 @@ and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Callable
@@ -24,7 +23,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.body import read_body
-from service.api.query import class_values
 from service.api.schemas import ErrorResponse
 from service.config import Settings
 from service.errors import (
@@ -37,11 +35,11 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.served_models import ServedModels
-from service.tasks import HEADS, PredictionOptions
+from service.tasks import Answer, head_for
 from service.thresholds.report import SweepReport
-from service.thresholds.rules import RevisionNumber, ThresholdValue
+from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
+from service.thresholds.runner import run_sweep, sweep_options
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
-from service.thresholds.sweep import Progress, SweepTally
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +224,11 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         models = served_models()
         predictor = models.get(model)
         manifest = predictor.manifest
-        head = HEADS[manifest.task]
         # A target recall per class: `crack:0.99,porosity:0.9`.
-        wanted = class_values(targets, manifest.defect_classes, "targets") if targets else {}
+        try:
+            wanted = parse_class_values(targets, manifest.defect_classes, "targets") if targets else {}
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from None
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ZIP_TYPES:
             raise UnsupportedMediaType(
@@ -239,30 +239,24 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         )
         try:
             files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
-            samples = read_samples(files, manifest, head.read_labels)
+            samples = read_samples(files, manifest, head_for(manifest).read_labels)
         except SampleSetError as exc:
             raise MalformedRequest(f"samples: {exc}") from exc
         if len(samples) > settings.max_sweep_images:
             raise PayloadTooLarge(f"{len(samples)} images; a sweep takes at most {settings.max_sweep_images}")
 
         active = models.thresholds.active(manifest)
-        options = PredictionOptions(thresholds={name: 0.0 for name in manifest.defect_classes})
-        tally = SweepTally(manifest, head.evidence(manifest))
-        progress = Progress(len(samples), lambda line: log.info("sweep of %s: %s", manifest.name, line))
-        limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
+        options = predictor.options(sweep_options(manifest))
 
-        async def run(sample: LabelledImage) -> dict[str, Any]:
-            async with limit:
-                try:
-                    answer = await predictor.predict(files.read(sample.name), options, lambda _: active)
-                except InspectionError as exc:
-                    raise type(exc)(f"{sample.name}: {exc.message}") from exc
-            progress.advance()
-            return answer
+        async def predict(sample: LabelledImage) -> Answer:
+            try:
+                return await predictor.predict(files.read(sample.name), options, lambda _: active)
+            except InspectionError as exc:
+                raise type(exc)(f"{sample.name}: {exc.message}") from exc
 
-        answers = await asyncio.gather(*(run(s) for s in samples))
-        for sample, answer in zip(samples, answers, strict=True):
-            tally.add(sample.truth, answer)
+        tally = await run_sweep(
+            manifest, samples, predict, SWEEP_CONCURRENCY, lambda line: log.info("sweep of %s: %s", manifest.name, line)
+        )
         try:
             report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
         except ValueError as exc:

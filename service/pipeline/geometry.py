@@ -116,17 +116,3 @@ def _nearest_sources(target: int, source: int) -> np.ndarray:
 def _check_sizes(original_wh: tuple[int, int], input_wh: tuple[int, int]) -> None:
     if min(*original_wh, *input_wh) < 1:
         raise ValueError(f"sizes must be positive, got original {original_wh} and input {input_wh}")
-
-
-def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(n, 4) and (m, 4) xyxy boxes -> (n, m) intersection over union."""
-    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(others, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    union = area_a[:, None] + area_b[None, :] - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, intersection / union, 0.0)

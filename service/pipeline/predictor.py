@@ -1,18 +1,19 @@
 """One served model's request path, top to bottom:
 
-decode -> preprocess            (decode thread; a bad image fails here, alone; then the active
-                                 thresholds are read, a database call kept off the event loop)
+decode -> preprocess            (decode thread; a bad image fails here, alone; raw pixels skip the
+                                 decode; then the active thresholds are read, a database call kept
+                                 off the event loop)
 -> batch -> infer               (MicroBatcher; one inference thread per model)
--> post-process -> respond      (per task, with the request's thresholds: on the event loop for
-                                 classification, tens of microseconds, less than a hand-off to a
-                                 thread; in a decode thread for boxes and masks)
+-> post-process                 (the task's head, with the request's thresholds: on the event loop
+                                 for classification, tens of microseconds, less than a hand-off to a
+                                 thread; in a decode thread for boxes and masks) -> the typed answer
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,12 @@ from service.manifest import ModelManifest, OutputDecoder
 from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
-from service.pipeline.decode import decode_image
+from service.pipeline.decode import Frame, decode_frame
 from service.pipeline.geometry import Geometry
 from service.pipeline.preprocess import decode_target, to_batch, to_model_input
 from service.pipeline.runtime import InferenceSession
-from service.tasks import HEADS, PredictionOptions
-from service.thresholds.rules import ThresholdSet, resolve
+from service.tasks import Answer, PredictionOptions, head_for, parse_options
+from service.thresholds.rules import ThresholdSet
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ ActiveThresholds = Callable[[ModelManifest], ThresholdSet]
 class Predictor:
     def __init__(self, version: ModelVersion, session: InferenceSession, settings: Settings, pool: Executor) -> None:
         self.manifest: ModelManifest = version.manifest
-        self._head = HEADS[self.manifest.task]
+        self._head = head_for(self.manifest)
+        self._no_options = parse_options(self.manifest, {})
         self.session = session
         self._max_pixels = settings.max_pixels
         self._pool = pool
@@ -65,11 +67,15 @@ class Predictor:
     def provider(self) -> str:
         return self.session.provider
 
-    async def predict(self, data: bytes, options: PredictionOptions, active: ActiveThresholds) -> dict[str, Any]:
+    def options(self, given: Mapping[str, Any], what: str = "parameters") -> PredictionOptions:
+        """A request's options for this model, checked (422 naming the mistake)."""
+        return parse_options(self.manifest, given, what) if given else self._no_options
+
+    async def predict(self, frame: Frame, options: PredictionOptions, active: ActiveThresholds) -> Answer:
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, self._prepare, data, active)
+        prepared = await loop.run_in_executor(self._pool, self._prepare, frame, active)
         batched = await self._batcher.submit(prepared.tensor)
-        thresholds = resolve(prepared.active, options.thresholds, options.nms_iou)
+        thresholds = options.thresholds_for(prepared.active)
         started = time.perf_counter()
         if self._head.on_event_loop:
             answer = self._postprocess(batched.outputs, prepared.geometry, options, thresholds)
@@ -83,11 +89,11 @@ class Predictor:
     def close(self) -> None:
         self._batcher.close()
 
-    def _prepare(self, data: bytes, active: ActiveThresholds) -> PreparedImage:
+    def _prepare(self, frame: Frame, active: ActiveThresholds) -> PreparedImage:
         spec = self.manifest.input
         started = time.perf_counter()
-        decoded = decode_image(
-            data, channels=spec.channels, target_size=decode_target(spec), max_pixels=self._max_pixels
+        decoded = decode_frame(
+            frame, channels=spec.channels, target_size=decode_target(spec), max_pixels=self._max_pixels
         )
         decoded_at = time.perf_counter()
         tensor, geometry = to_model_input(decoded, spec)
@@ -105,21 +111,10 @@ class Predictor:
 
     def _postprocess(
         self, outputs: list[np.ndarray], geometry: Geometry, options: PredictionOptions, thresholds: ThresholdSet
-    ) -> dict[str, Any]:
-        manifest = self.manifest
-        result = self._head.postprocess(outputs, geometry, manifest, thresholds, options)
-        return {
-            "model": manifest.name,
-            "model_version": manifest.version,
-            "task": manifest.task.value,
-            "image": {"width": geometry.original_width, "height": geometry.original_height},
-            "thresholds_revision": thresholds.revision,
-            **result.to_json(),
-        }
+    ) -> Answer:
+        return self._head.postprocess(outputs, geometry, self.manifest, thresholds, options)
 
-    def _observe(
-        self, prepared: PreparedImage, batched: BatchedResult, postprocess_s: float, answer: dict[str, Any]
-    ) -> None:
+    def _observe(self, prepared: PreparedImage, batched: BatchedResult, postprocess_s: float, answer: Answer) -> None:
         metrics = inspection_metrics()
         name = self.manifest.name
         for stage, seconds in (
@@ -130,6 +125,6 @@ class Predictor:
             (Stage.POSTPROCESS, postprocess_s),
         ):
             metrics.stage_duration.labels(name, stage).observe(seconds)
-        metrics.decisions.labels(name, answer["decision"]).inc()
-        for defect in answer["defects"]:
+        metrics.decisions.labels(name, answer.decision).inc()
+        for defect in answer.defects:
             metrics.defects.labels(name, defect).inc()

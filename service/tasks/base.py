@@ -1,38 +1,146 @@
-"""What a task head is: the pieces of the service that differ from one task to another.
+"""What every task shares, and what a task is.
 
-Everything else (decoding, preprocessing, batching, the onnxruntime session, the threshold store, the
-sweep's curves and proposals) is the same for every task and takes its head as a parameter.
+A prediction's answer is typed from the model to the wire: `Answer` holds what every task answers (the
+model and version, the frame's size, the decision, the defects, the thresholds revision), and each
+task's answer adds its own fields under it, told apart by `task`. The answer's JSON dump is what
+`/v1` sends; the metrics, the sweeps and the protocols read its fields. Scores keep their full
+precision in the answer and are rounded on the wire (`Score`, `Pixel`).
+
+`PredictionOptions` are one request's options, the same model whatever the protocol (`/v1`'s query,
+the Open Inference Protocol's `parameters`): the options every task takes are here, a task adds its
+own in a subclass. A `TaskHead` is everything in which the tasks differ; `service.tasks` registers one
+per task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, ValidationError, model_validator
 
-from service.manifest import ModelManifest
+from service.errors import InvalidParameters
+from service.manifest import ModelManifest, OutputDecoder, Task
 from service.pipeline.geometry import Geometry
-from service.pipeline.postprocess.segmentation import MaskFormat
-from service.thresholds.rules import ThresholdSet
+from service.tasks.decision import Decision, decide
+from service.tensors import Tensor
+from service.thresholds.rules import ThresholdSet, parse_class_values, unknown_classes
 from service.thresholds.samples import LabelledImage, SampleFiles
 from service.thresholds.sweep import ClassEvidence, Truth
 
+# Decimals kept on the wire: probabilities stay comparable to thresholds set to 4 decimals; boxes
+# need no more than a hundredth of a pixel.
+SCORE_DIGITS = 6
+PIXEL_DIGITS = 2
 
-@dataclass(frozen=True)
-class PredictionOptions:
-    """One request's options for post-processing (read from its query by `service.api.query`)."""
-
-    thresholds: dict[str, float]  # overrides of the active per-class thresholds
-    nms_iou: float | None = None
-    classes: frozenset[str] | None = None  # report only these defect classes
-    max_detections: int | None = None
-    mask_format: MaskFormat = "rle"
+Score = Annotated[float, PlainSerializer(lambda value: round(value, SCORE_DIGITS), when_used="json")]
+Pixel = Annotated[float, PlainSerializer(lambda value: round(value, PIXEL_DIGITS), when_used="json")]
 
 
-class TaskResult(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
+class ImageSize(BaseModel):
+    width: int = Field(description="Original width after EXIF orientation.", examples=[640])
+    height: int = Field(description="Original height after EXIF orientation.", examples=[480])
+
+
+class Answer(BaseModel):
+    """What every task answers; a task's answer adds its fields after these."""
+
+    model: str = Field(examples=["weld-classifier"])
+    model_version: int = Field(examples=[1])
+    task: str
+    image: ImageSize
+    thresholds_revision: int = Field(description="The thresholds revision this answer used.")
+    decision: Decision = Field(description="reject when any defect class crossed its threshold.")
+    defects: list[str] = Field(description="Defect classes that crossed their threshold.", examples=[["crack"]])
+
+
+def answer_header(
+    manifest: ModelManifest, geometry: Geometry, thresholds: ThresholdSet, defects: list[str]
+) -> dict[str, Any]:
+    """The fields of `Answer` for one image, to build a task's answer from (`model_construct`: the
+    post-processing's own values need no validation)."""
+    return {
+        "model": manifest.name,
+        "model_version": manifest.version,
+        "task": manifest.task.value,
+        "image": ImageSize.model_construct(width=geometry.original_width, height=geometry.original_height),
+        "thresholds_revision": thresholds.revision,
+        "decision": decide(defects),
+        "defects": defects,
+    }
+
+
+class PredictionOptions(BaseModel):
+    """One request's options, as a client sends them (a query's strings, a protocol's typed values),
+    checked against its model by `check` (`service.tasks.parse_options` does both)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thresholds: str | float | None = Field(
+        default=None,
+        description="Threshold overrides for this request: per class (`crack:0.3,porosity:0.6` or `crack=0.3`), "
+        "or one value for every defect class (`0.25`).",
+        examples=["crack:0.3,porosity:0.6"],
+    )
+    classes: str | None = Field(default=None, description="Report only these defect classes.", examples=["crack"])
+
+    # What the values mean for the model, set by `check`.
+    _overrides: dict[str, float] = PrivateAttr(default_factory=dict)
+    _class_filter: frozenset[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            flags = sorted(name for name, value in values.items() if isinstance(value, bool))
+            if flags:
+                raise ValueError(f"{', '.join(flags)} must not be true or false")
+        return values
+
+    def check(self, manifest: ModelManifest) -> None:
+        """Checks the values against the model (422 naming the mistake) and keeps what they mean."""
+        defect_classes = manifest.defect_classes
+        overrides: dict[str, float] = {}
+        if isinstance(self.thresholds, str) and self.thresholds:
+            overrides = _class_values(self.thresholds, defect_classes)
+        elif isinstance(self.thresholds, float):
+            overrides = _class_values(repr(self.thresholds), defect_classes)
+        class_filter = None
+        if self.classes:
+            class_filter = frozenset(c.strip() for c in self.classes.split(",") if c.strip())
+            try:
+                unknown_classes(class_filter, defect_classes, "classes")
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+        self._overrides, self._class_filter = overrides, class_filter
+
+    @property
+    def class_filter(self) -> frozenset[str] | None:
+        """The defect classes this request reports, or None for all of them."""
+        return self._class_filter
+
+    def thresholds_for(self, active: ThresholdSet) -> ThresholdSet:
+        """The set this request uses: the active one with its overrides on top."""
+        if not self._overrides:
+            return active
+        return ThresholdSet(
+            revision=active.revision, values={**active.values, **self._overrides}, nms_iou=active.nms_iou
+        )
+
+
+def _class_values(text: str, defect_classes: list[str]) -> dict[str, float]:
+    try:
+        return parse_class_values(text, defect_classes, "thresholds")
+    except ValueError as exc:
+        raise InvalidParameters(str(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line for a client: `field: what is wrong; ...`."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'parameters'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
 
 
 class TaskEvidence(Protocol):
@@ -40,17 +148,37 @@ class TaskEvidence(Protocol):
 
     positive: str  # what one positive is, as the sweep's report states it
 
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None: ...
+    def add(self, truth: Truth, answer: Answer) -> None: ...
 
     def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]: ...
 
     def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> tuple[list[str], np.ndarray] | None: ...
 
 
+class TensorSpec(BaseModel):
+    """One output of the Open Inference Protocol's model metadata: its name, datatype and shape (-1: varies)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+def bytes_tensor(name: str, items: list[bytes]) -> Tensor:
+    """A BYTES tensor of shape [len(items)]."""
+    data = np.empty(len(items), dtype=object)
+    data[:] = items
+    return Tensor(name, "BYTES", data)
+
+
 class TaskHead(Protocol):
+    task: ClassVar[Task]
+    decoders: ClassVar[frozenset[OutputDecoder]]  # the output decoders a manifest of this task may name
+    carries_nms: ClassVar[bool]  # whether its thresholds (and manifests) carry an NMS IoU
     # True when post-processing takes tens of microseconds: cheaper on the event loop than a hand-off
     # to a thread, where it would queue behind other requests' decoding.
-    on_event_loop: bool
+    on_event_loop: ClassVar[bool]
+    options: ClassVar[type[PredictionOptions]]
+    answer: ClassVar[type[Answer]]
 
     def postprocess(
         self,
@@ -59,7 +187,7 @@ class TaskHead(Protocol):
         manifest: ModelManifest,
         thresholds: ThresholdSet,
         options: PredictionOptions,
-    ) -> TaskResult:
+    ) -> Answer:
         """One image's model outputs -> its answer, with the accept/reject decision."""
         ...
 
@@ -69,4 +197,13 @@ class TaskHead(Protocol):
 
     def evidence(self, manifest: ModelManifest) -> TaskEvidence:
         """A fresh scorer of a sweep's answers for `manifest`."""
+        ...
+
+    def output_specs(self, manifest: ModelManifest) -> list[TensorSpec]:
+        """The tensors its answers are given as (the Open Inference Protocol's outputs), besides those of
+        every task (`decision`, `answer`)."""
+        ...
+
+    def output_tensors(self, manifest: ModelManifest, answers: list[Answer | None]) -> list[Tensor]:
+        """`answers` (None: an image that failed) as the tensors of `output_specs`, one row per image."""
         ...

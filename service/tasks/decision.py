@@ -16,29 +16,9 @@ from service.manifest import ModelManifest
 
 Decision = Literal["accept", "reject"]
 
-# Decimals kept in JSON answers: probabilities stay comparable to thresholds set to
-# 4 decimals; boxes need no more than a hundredth of a pixel.
-SCORE_DIGITS = 6
-PIXEL_DIGITS = 2
-
 
 def decide(defects: Sequence[str]) -> Decision:
     return "reject" if defects else "accept"
-
-
-def decision_json(defects: Sequence[str]) -> dict[str, object]:
-    """The part of every answer that a line camera acts on."""
-    return {"decision": decide(defects), "defects": list(defects)}
-
-
-class Decided:
-    """Every task's result: its decision follows from the defect classes that crossed their thresholds."""
-
-    defects: list[str]
-
-    @property
-    def decision(self) -> Decision:
-        return decide(self.defects)
 
 
 def request_thresholds(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.pipeline.geometry import box_iou
+from service.pipeline.boxes import box_iou
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:

@@ -8,8 +8,8 @@ everywhere (query, command lines, targets); a bare number, `0.25`, gives every d
 The thresholds store (`store.ThresholdStore.active`) answers, per model,
 the active `ThresholdSet`: a numbered revision of per-class score thresholds (and
 the NMS IoU for detectors). Every prediction names the revision it used.
-Per-request overrides are applied on top by `resolve`, and never change the
-active set.
+Per-request overrides are applied on top by the request's options
+(`service.tasks.PredictionOptions.thresholds_for`), and never change the active set.
 """
 
 from __future__ import annotations
@@ -94,12 +94,3 @@ class ThresholdSet:
     revision: int
     values: dict[str, float]  # one per defect class
     nms_iou: float | None
-
-
-def resolve(active: ThresholdSet, overrides: dict[str, float], nms_iou: float | None) -> ThresholdSet:
-    """The set one request uses: the active one with that request's overrides on top."""
-    return ThresholdSet(
-        revision=active.revision,
-        values={**active.values, **overrides},
-        nms_iou=active.nms_iou if nms_iou is None else nms_iou,
-    )

@@ -55,8 +55,9 @@ from sqlalchemy.schema import CreateTable
 
 from service.config import Settings
 from service.errors import Conflict, InvalidParameters
-from service.manifest import ModelManifest, Task
+from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
+from service.tasks import HEADS
 from service.thresholds.rules import ThresholdSet, check_thresholds, is_threshold
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,7 @@ def _revision(row: Mapping[str, Any]) -> ThresholdRevision:
 def _fits(revision: ThresholdRevision, manifest: ModelManifest) -> bool:
     """Whether a stored set can drive this model: the same defect classes, and an NMS IoU iff a detector."""
     return set(revision.thresholds) == set(manifest.defect_classes) and (revision.nms_iou is not None) == (
-        manifest.task is Task.DETECTION
+        HEADS[manifest.task].carries_nms
     )
 
 
@@ -446,8 +447,9 @@ def _check_values(manifest: ModelManifest, thresholds: Mapping[str, float], nms_
     except ValueError as exc:
         raise InvalidParameters(f"{manifest.name}: {exc}") from None
     if nms_iou is not None:
-        if manifest.task is not Task.DETECTION:
-            raise InvalidParameters(f"nms_iou applies to detection models only; {manifest.name} is {manifest.task}")
+        if not HEADS[manifest.task].carries_nms:
+            carrying = " and ".join(head.task for head in HEADS.values() if head.carries_nms)
+            raise InvalidParameters(f"nms_iou applies to {carrying} models only; {manifest.name} is {manifest.task}")
         if not is_threshold(nms_iou):
             raise InvalidParameters(f"nms_iou must lie between 0 and 1, got {nms_iou}")
 

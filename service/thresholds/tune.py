@@ -16,9 +16,9 @@ Progress goes to stderr; the report to stdout.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import httpx
 import numpy as np
 
 from service.manifest import ModelManifest
-from service.tasks import HEADS
+from service.tasks import ANSWERS, Answer, head_for
 from service.thresholds.rules import parse_class_values
+from service.thresholds.runner import run_sweep, sweep_options
 from service.thresholds.samples import FolderFiles, LabelledImage, SampleSetError, read_samples
-from service.thresholds.sweep import ClassTuning, Progress, SweepTally, TuningReport
+from service.thresholds.sweep import ClassTuning, SweepTally, TuningReport
 
 TOKEN_ENV = "INSPECTION_ADMIN_TOKEN"
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> TuningReport:
         description = _ok(client.get(f"/v1/models/{args.model}"))
         manifest = ModelManifest.model_validate(description["manifest"])
         active = description["thresholds"]
-        samples = read_samples(FolderFiles(args.samples), manifest, HEADS[manifest.task].read_labels)
+        samples = read_samples(FolderFiles(args.samples), manifest, head_for(manifest).read_labels)
         tally = sweep(client, manifest, samples, args.samples, args.concurrency)
         try:
             report = tally.report(active["values"], active["revision"], active["nms_iou"], dict(args.target), args.step)
@@ -86,27 +87,29 @@ def sweep(
     client: httpx.Client, manifest: ModelManifest, samples: list[LabelledImage], root: Path, concurrency: int
 ) -> SweepTally:
     """Run the model once per image, every threshold at 0, `concurrency` requests at a time."""
-    params: dict[str, Any] = {"thresholds": ",".join(f"{name}:0" for name in manifest.defect_classes)}
-    progress = Progress(len(samples), lambda line: print(f"tune: {line}", file=sys.stderr, flush=True))
-
-    def predict(sample: LabelledImage) -> dict[str, Any]:
-        data = (root / sample.name).read_bytes()
-        response = client.post(
-            f"/v1/models/{manifest.name}/predict",
-            content=data,
-            params=params,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        answer = _ok(response, sample.name)
-        progress.advance()
-        return answer
-
-    tally = SweepTally(manifest, HEADS[manifest.task].evidence(manifest))
     print(f"tune: {len(samples)} labelled images, {concurrency} requests at a time", file=sys.stderr, flush=True)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for sample, answer in zip(samples, pool.map(predict, samples), strict=True):
-            tally.add(sample.truth, answer)
-    return tally
+
+    async def over_http() -> SweepTally:
+        async with httpx.AsyncClient(base_url=client.base_url, timeout=client.timeout) as session:
+
+            async def predict(sample: LabelledImage) -> Answer:
+                response = await session.post(
+                    f"/v1/models/{manifest.name}/predict",
+                    content=(root / sample.name).read_bytes(),
+                    params=sweep_options(manifest),
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                return ANSWERS.validate_python(_ok(response, sample.name))
+
+            return await run_sweep(
+                manifest,
+                samples,
+                predict,
+                concurrency,
+                lambda line: print(f"tune: {line}", file=sys.stderr, flush=True),
+            )
+
+    return asyncio.run(over_http())
 
 
 def render(report: TuningReport) -> str:

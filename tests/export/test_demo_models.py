@@ -10,8 +10,8 @@ from PIL import Image
 from export.synthetic import CLASSES, DEFECT_CLASSES, SEGMENTATION_CLASSES, generate_weld
 from service.manifest import ModelManifest, Task
 from service.model_store import ModelVersion, load_version
+from service.pipeline.boxes import box_iou
 from service.pipeline.geometry import Geometry
-from service.thresholds.evaluation import box_iou
 
 MODEL_STORE = Path(__file__).resolve().parents[2] / "model_store"
 # Streams no demo model was trained or measured on (training uses seed 0, the test set 10000).

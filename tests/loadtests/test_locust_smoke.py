@@ -51,14 +51,14 @@ def run_locust(server: RunningServer, tmp_path: Path, *options: str) -> tuple[su
 
 
 def answered(server: RunningServer) -> dict[tuple[str, str], float]:
-    """Prediction requests the server has counted so far, by (model, status)."""
+    """`/v1` prediction requests the server has counted so far, by (model, status)."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     return {
         (sample.labels["model"], sample.labels["status"]): sample.value
         for family in text_string_to_metric_families(text)
         if family.name == "inspection_request_duration_seconds"
         for sample in family.samples
-        if sample.name.endswith("_count")
+        if sample.name.endswith("_count") and sample.labels["protocol"] == "v1"
     }
 
 

@@ -115,7 +115,7 @@ def test_stalled_and_trickling_uploads_cost_a_camera_beside_them_nothing(tmp_pat
     assert p99_beside < max(2 * p99_alone, p99_alone + 0.05)  # within the noise of a shared host
 
 
-def test_a_refused_request_that_expects_100_continue_is_answered_before_its_upload(tmp_path):
+def test_a_refused_request_that_expects_100_continue_is_answered_before_its_upload_in_both_protocols(tmp_path):
     with running_server(tmp_path, models="weld-classifier", max_concurrency=1) as server:
         host, port = server.url.removeprefix("http://").split(":")
         head = (
@@ -128,8 +128,17 @@ def test_a_refused_request_that_expects_100_continue_is_answered_before_its_uplo
             with socket.create_connection((host, int(port)), timeout=10) as second:
                 second.sendall(head)
                 answer = _read_answer(second)
+            # The Open Inference Protocol is admitted by the same core: refused the same, in its own form.
+            with socket.create_connection((host, int(port)), timeout=10) as second:
+                second.sendall(
+                    b"POST /v2/models/weld-classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 1500000\r\n\r\n"
+                )
+                v2_answer = _read_answer(second)
         assert answer.startswith("HTTP/1.1 503"), answer
         assert "retry-after: 1" in answer.lower() and "1 predictions in progress" in answer
+        assert v2_answer.startswith("HTTP/1.1 503"), v2_answer
+        assert "retry-after: 1" in v2_answer.lower() and '{"error":"' in v2_answer and "1 predictions" in v2_answer
 
 
 def test_a_stalled_upload_answers_408_and_oversized_headers_431_in_the_error_contract(tmp_path):

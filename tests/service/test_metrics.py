@@ -100,7 +100,7 @@ def test_every_scrape_shows_the_same_totals_whichever_worker_answers(traffic):
     assert all(s == scrapes[0] for s in scrapes[1:])
 
 
-def test_request_durations_count_every_request_by_model_and_status(traffic):
+def test_request_durations_count_every_request_by_model_status_and_protocol(traffic):
     server, _, _ = traffic
     samples = scrape(server.url)
     expected = Counter({(model, "200"): count for model, count in GOOD_FRAMES.items()})
@@ -110,12 +110,14 @@ def test_request_durations_count_every_request_by_model_and_status(traffic):
         for (name, key), v in samples.items()
         if name == "inspection_request_duration_seconds_count"
         for labels in [dict(key)]
+        if labels["protocol"] == "v1"  # every request here is one of /v1
     }
     assert counted == expected
     for model, status in expected:
-        infinite = value(samples, "inspection_request_duration_seconds_bucket", model=model, status=status, le="+Inf")
+        labels = {"model": model, "status": status, "protocol": "v1"}
+        infinite = value(samples, "inspection_request_duration_seconds_bucket", **labels, le="+Inf")
         assert infinite == expected[(model, status)]
-        assert value(samples, "inspection_request_duration_seconds_sum", model=model, status=status) > 0
+        assert value(samples, "inspection_request_duration_seconds_sum", **labels) > 0
 
 
 def test_errors_are_counted_by_model_and_code(traffic):

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from service.manifest import ModelManifest, OutputDecoder, Task
-from service.pipeline.postprocess.decision import (
-    SCORE_DIGITS,
-    Decided,
-    decision_json,
-    request_thresholds,
-)
-
-
-@dataclass(frozen=True)
-class ClassificationResult(Decided):
-    label: str
-    confidence: float
-    scores: dict[str, float]
-    defects: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **decision_json(self.defects),
-            "label": self.label,
-            "confidence": round(self.confidence, SCORE_DIGITS),
-            "scores": {c: round(p, SCORE_DIGITS) for c, p in self.scores.items()},
-        }
+from service.manifest import ModelManifest, OutputDecoder
+from service.pipeline.geometry import Geometry
+from service.tasks.base import answer_header
+from service.tasks.classification.answer import ClassificationAnswer
+from service.tasks.decision import request_thresholds
+from service.thresholds.rules import ThresholdSet
 
 
 def class_scores(logits: np.ndarray, decoder: OutputDecoder) -> np.ndarray:
@@ -44,31 +25,31 @@ def class_scores(logits: np.ndarray, decoder: OutputDecoder) -> np.ndarray:
     raise ValueError(f"decoder {decoder} does not produce class scores")
 
 
-def classify(scores: np.ndarray, classes: Sequence[str], thresholds: Mapping[str, float]) -> ClassificationResult:
-    """One image's scores -> the argmax label, and the classes in `thresholds` that crossed theirs.
+def classify(scores: np.ndarray, classes: Sequence[str], thresholds: Mapping[str, float]) -> tuple[int, list[str]]:
+    """One image's scores -> (the argmax class, the classes in `thresholds` that crossed theirs).
 
     Classes absent from `thresholds` (the background, filtered-out classes) never reject.
     """
     if scores.shape != (len(classes),):
         raise ValueError(f"expected {len(classes)} scores for one image, got shape {scores.shape}")
-    best = int(np.argmax(scores))
-    by_class = {c: float(s) for c, s in zip(classes, scores, strict=True)}
-    return ClassificationResult(
-        label=classes[best],
-        confidence=float(scores[best]),
-        scores=by_class,
-        defects=[c for c, t in thresholds.items() if by_class[c] >= t],
-    )
+    by_class = dict(zip(classes, scores.tolist(), strict=True))  # Python floats: compared in double precision
+    return int(np.argmax(scores)), [c for c, t in thresholds.items() if by_class[c] >= t]
 
 
 def postprocess_classification(
     logits: np.ndarray,
+    geometry: Geometry,
     manifest: ModelManifest,
-    thresholds: Mapping[str, float],
+    thresholds: ThresholdSet,
     class_filter: Iterable[str] | None = None,
-) -> ClassificationResult:
-    """One image's logits `(C,)` -> ClassificationResult. `thresholds` covers every defect class."""
-    if manifest.task is not Task.CLASSIFICATION:
-        raise ValueError(f"{manifest.ref} is a {manifest.task} model")
+) -> ClassificationAnswer:
+    """One image's logits `(C,)` -> its answer. `thresholds` covers every defect class."""
     scores = class_scores(logits, manifest.output.decoder)
-    return classify(scores, manifest.classes, request_thresholds(manifest, thresholds, class_filter))
+    best, defects = classify(scores, manifest.classes, request_thresholds(manifest, thresholds.values, class_filter))
+    by_class = dict(zip(manifest.classes, scores.tolist(), strict=True))
+    return ClassificationAnswer.model_construct(
+        **answer_header(manifest, geometry, thresholds, defects),
+        label=manifest.classes[best],
+        confidence=by_class[manifest.classes[best]],
+        scores=by_class,
+    )

@@ -1,4 +1,4 @@
-"""Classification: one label per image, with every class's score.
+"""Classification's labelled samples and sweep evidence.
 
 Labelled samples: `<class>/<image>`, one folder per class, named as the model's classes (e.g.
 `no_defect/0001.jpg`, `crack/0002.jpg`); folders of other names are an error. A sweep scores images:
@@ -9,31 +9,14 @@ proposed thresholds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 
 from service.manifest import ModelManifest
-from service.pipeline.postprocess import postprocess_classification
-from service.tasks.head import TaskResult
+from service.tasks.classification.answer import ClassificationAnswer
 from service.thresholds.samples import LabelledImage, SampleFiles, SampleSetError, image_names
 from service.thresholds.sweep import ClassEvidence, Truth, confusion_at, image_evidence, presence
-
-
-@dataclass(frozen=True)
-class ClassificationHead:
-    on_event_loop: bool = True
-
-    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
-        return postprocess_classification(outputs[0], manifest, thresholds.values, options.classes)
-
-    def read_labels(self, names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
-        return read_classification_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> ClassificationEvidence:
-        return ClassificationEvidence(manifest)
 
 
 def read_classification_labels(names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
@@ -59,10 +42,10 @@ class ClassificationEvidence:
         self.manifest = manifest
         self._scores: list[list[float]] = []  # per image, every class
 
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
+    def add(self, truth: Truth, answer: ClassificationAnswer) -> None:
         if truth.label not in self.manifest.classes:
             raise ValueError(f"label {truth.label!r} is not one of {self.manifest.classes}")
-        self._scores.append([float(answer["scores"][name]) for name in self.manifest.classes])
+        self._scores.append([answer.scores[name] for name in self.manifest.classes])
 
     def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:
         defects = self.manifest.defect_classes

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from service.manifest import ModelManifest, OutputDecoder, Task
-from service.pipeline.geometry import Geometry, box_iou
-from service.pipeline.postprocess.decision import (
-    PIXEL_DIGITS,
-    SCORE_DIGITS,
-    Decided,
-    decision_json,
-    request_thresholds,
-    threshold_vector,
-)
+from service.manifest import ModelManifest, OutputDecoder
+from service.pipeline.boxes import nms_per_class
+from service.pipeline.geometry import Geometry
+from service.tasks.base import answer_header
+from service.tasks.decision import request_thresholds, threshold_vector
+from service.tasks.detection.answer import Box, Detection, DetectionAnswer
+from service.thresholds.rules import ThresholdSet
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +31,8 @@ class Detections:
         n = len(confidence)
         if xyxy.shape != (n, 4) or confidence.shape != (n,) or class_id.shape != (n,):
             raise ValueError(
-                f"need xyxy (n, 4), confidence (n,), class_id (n,); got {xyxy.shape}, {confidence.shape}, {class_id.shape}"
+                "need xyxy (n, 4), confidence (n,), class_id (n,); "
+                f"got {xyxy.shape}, {confidence.shape}, {class_id.shape}"
             )
         object.__setattr__(self, "xyxy", xyxy)
         object.__setattr__(self, "confidence", confidence)
@@ -76,20 +73,7 @@ class Detections:
 
     def nms_per_class(self, iou: float, max_detections: int) -> Detections:
         """Greedy NMS within each class, best first; a box goes when its IoU with a kept one exceeds `iou`."""
-        order = np.argsort(-self.confidence, kind="stable")
-        if not len(order):
-            return self
-        boxes = self.xyxy[order].astype(np.float64)
-        # Shifting each class into its own far-apart region makes one NMS pass class-aware.
-        low, span = boxes.min(), boxes.max() - boxes.min() + 1.0
-        boxes += (self.class_id[order] * span)[:, None] - low
-        keep: list[int] = []
-        remaining = np.arange(len(order))
-        while remaining.size and len(keep) < max_detections:
-            best, rest = remaining[0], remaining[1:]
-            keep.append(best)
-            remaining = rest[box_iou(boxes[best], boxes[rest])[0] <= iou]
-        return self._select(order[keep])
+        return self._select(nms_per_class(self.xyxy, self.confidence, self.class_id, iou, max_detections))
 
     def to_original(self, geometry: Geometry) -> Detections:
         """Boxes in original-image pixels, clipped to the frame. Boxes left with no area (wholly in the
@@ -102,51 +86,20 @@ class Detections:
         return Detections(self.xyxy[index], self.confidence[index], self.class_id[index])
 
 
-@dataclass(frozen=True)
-class Detection:
-    class_name: str
-    class_id: int
-    confidence: float
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
-
-
-@dataclass(frozen=True)
-class DetectionResult(Decided):
-    detections: list[Detection]  # best first
-    defects: list[str]  # classes with at least one detection, in class order
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **decision_json(self.defects),
-            "detections": [
-                {
-                    "class_name": d.class_name,
-                    "class_id": d.class_id,
-                    "confidence": round(d.confidence, SCORE_DIGITS),
-                    "box": {k: round(v, PIXEL_DIGITS) for k, v in zip(("x1", "y1", "x2", "y2"), d.box, strict=True)},
-                }
-                for d in self.detections
-            ],
-        }
-
-
 def postprocess_detection(
     outputs: Sequence[np.ndarray],
     geometry: Geometry,
     manifest: ModelManifest,
-    thresholds: Mapping[str, float],
-    nms_iou: float | None = None,
+    thresholds: ThresholdSet,
     max_detections: int | None = None,
     class_filter: Iterable[str] | None = None,
-) -> DetectionResult:
-    """One image's graph outputs (in `manifest.output.names` order, batch axis removed) -> DetectionResult.
+) -> DetectionAnswer:
+    """One image's graph outputs (in `manifest.output.names` order, batch axis removed) -> its answer.
 
     `yolo`: one `[4 + C, A]` array. `boxes_scores_labels`: boxes, scores, labels; NMS runs again here
-    too, so a request's `nms_iou` below the graph's own still takes effect. `nms_iou` and
-    `max_detections` default to the manifest's.
+    too, so a request's NMS IoU below the graph's own still takes effect. The NMS IoU is the
+    thresholds' (the manifest's when they carry none), `max_detections` defaults to the manifest's.
     """
-    if manifest.task is not Task.DETECTION:
-        raise ValueError(f"{manifest.ref} is a {manifest.task} model")
     if manifest.output.decoder is OutputDecoder.YOLO:
         (raw,) = outputs
         if raw.shape[0] != 4 + len(manifest.classes):
@@ -155,18 +108,26 @@ def postprocess_detection(
     else:
         boxes, scores, labels = outputs
         detections = Detections.from_boxes_scores_labels(boxes, scores, labels)
-    active = request_thresholds(manifest, thresholds, class_filter)
+    active = request_thresholds(manifest, thresholds.values, class_filter)
     detections = (
         detections.filter_by_class_thresholds(threshold_vector(manifest.classes, active))
         .nms_per_class(
-            manifest.nms_iou if nms_iou is None else nms_iou,
+            manifest.nms_iou if thresholds.nms_iou is None else thresholds.nms_iou,
             manifest.max_detections if max_detections is None else max_detections,
         )
         .to_original(geometry)
     )
     found = [
-        Detection(manifest.classes[c], int(c), float(p), (float(x1), float(y1), float(x2), float(y2)))
-        for (x1, y1, x2, y2), p, c in zip(detections.xyxy, detections.confidence, detections.class_id, strict=True)
+        Detection.model_construct(
+            class_name=manifest.classes[c],
+            class_id=c,
+            confidence=p,
+            box=Box.model_construct(x1=x1, y1=y1, x2=x2, y2=y2),
+        )
+        for (x1, y1, x2, y2), p, c in zip(
+            detections.xyxy.tolist(), detections.confidence.tolist(), detections.class_id.tolist(), strict=True
+        )
     ]
     present = {d.class_name for d in found}
-    return DetectionResult(found, [c for c in manifest.classes if c in present])
+    defects = [c for c in manifest.classes if c in present]
+    return DetectionAnswer.model_construct(**answer_header(manifest, geometry, thresholds, defects), detections=found)

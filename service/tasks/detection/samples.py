@@ -1,4 +1,4 @@
-"""Detection: boxes of defects, in original-image pixels.
+"""Detection's labelled samples and sweep evidence.
 
 Labelled samples: `images/<image>` and `labels.json`, which lists every image by file name with its
 labelled boxes in original-image pixels (x1, y1, x2, y2), `[]` for a clean part:
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 
 from service.manifest import ModelManifest
-from service.pipeline.postprocess import postprocess_detection
-from service.tasks.head import TaskResult
+from service.tasks.detection.answer import DetectionAnswer
 from service.thresholds.samples import (
     IMAGES_DIR,
     LABELS_FILE,
@@ -28,28 +25,6 @@ from service.thresholds.samples import (
     image_names,
 )
 from service.thresholds.sweep import MATCH_IOU, ClassEvidence, Truth, detection_evidence
-
-
-@dataclass(frozen=True)
-class DetectionHead:
-    on_event_loop: bool = False
-
-    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
-        return postprocess_detection(
-            outputs,
-            geometry,
-            manifest,
-            thresholds.values,
-            nms_iou=thresholds.nms_iou,
-            max_detections=options.max_detections,
-            class_filter=options.classes,
-        )
-
-    def read_labels(self, names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
-        return read_detection_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> DetectionEvidence:
-        return DetectionEvidence(manifest)
 
 
 def read_detection_labels(names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
@@ -76,7 +51,8 @@ def read_detection_labels(names: list[str], files: SampleFiles, manifest: ModelM
                 class_name, xyxy = box["class_name"], [float(v) for v in box["box"]]
             except (KeyError, TypeError, ValueError):
                 raise SampleSetError(
-                    f'{LABELS_FILE}, {file_name}: each box is {{"class_name": ..., "box": [x1, y1, x2, y2]}}, got {box!r}'
+                    f'{LABELS_FILE}, {file_name}: each box is {{"class_name": ..., "box": [x1, y1, x2, y2]}}, '
+                    f"got {box!r}"
                 ) from None
             if class_name not in manifest.defect_classes:
                 raise SampleSetError(
@@ -104,13 +80,13 @@ class DetectionEvidence:
         self.classes = manifest.defect_classes
         self._detections: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
 
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        found = answer["detections"]
+    def add(self, truth: Truth, answer: DetectionAnswer) -> None:
+        found = answer.detections
         self._detections.append(
             (
-                np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in found], dtype=np.float64),
-                np.array([d["confidence"] for d in found], dtype=np.float64),
-                [d["class_name"] for d in found],
+                np.array([d.box.xyxy for d in found], dtype=np.float64).reshape(-1, 4),
+                np.array([d.confidence for d in found], dtype=np.float64),
+                [d.class_name for d in found],
             )
         )
 

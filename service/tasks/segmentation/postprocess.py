@@ -12,77 +12,25 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable
 
 import numpy as np
 import pycocotools.mask as coco_mask
 from PIL import Image
 from scipy import ndimage
 
-from service.manifest import ModelManifest, Task
+from service.manifest import ModelManifest
 from service.pipeline.geometry import Geometry
-from service.pipeline.postprocess.decision import (
-    SCORE_DIGITS,
-    Decided,
-    decision_json,
-    request_thresholds,
-    threshold_vector,
-)
-
-MaskFormat = Literal["rle", "png"]
+from service.tasks.base import answer_header
+from service.tasks.decision import request_thresholds, threshold_vector
+from service.tasks.segmentation.answer import Component, PixelBox, PngMask, RleMask, Segment, SegmentationAnswer
+from service.tasks.segmentation.options import MaskFormat
+from service.thresholds.rules import ThresholdSet
 
 # Class-map value of pixels no class claims at its threshold (also the background's pixels).
 NO_CLASS = 255
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-@dataclass(frozen=True)
-class Component:
-    """One connected region of a mask (8-connectivity)."""
-
-    box: tuple[int, int, int, int]  # x1, y1, x2, y2 as pixel edges: x2 is the last column + 1
-    area_px: int
-
-
-@dataclass(frozen=True, eq=False)
-class Segment:
-    class_name: str
-    class_id: int
-    confidence: float
-    area_px: int
-    area_fraction: float
-    components: list[Component]  # largest first
-    mask: np.ndarray  # bool, original-image size
-
-
-@dataclass(frozen=True, eq=False)
-class SegmentationResult(Decided):
-    segments: list[Segment]  # defect classes with a non-empty mask, in class order
-    defects: list[str]
-    mask_format: MaskFormat = "rle"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **decision_json(self.defects),
-            "segments": [
-                {
-                    "class_name": s.class_name,
-                    "class_id": s.class_id,
-                    "confidence": round(s.confidence, SCORE_DIGITS),
-                    "area_px": s.area_px,
-                    "area_fraction": round(s.area_fraction, SCORE_DIGITS),
-                    "components": [
-                        {"box": dict(zip(("x1", "y1", "x2", "y2"), c.box, strict=True)), "area_px": c.area_px}
-                        for c in s.components
-                    ],
-                    "mask": _mask_json(s.mask, self.mask_format),
-                }
-                for s in self.segments
-            ],
-        }
 
 
 def thresholded_class_map(logits: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,16 +65,19 @@ def connected_components(mask: np.ndarray) -> list[Component]:
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     y0, x0 = int(rows[0]), int(cols[0])
     found = [
-        Component((x0 + xs.start, y0 + ys.start, x0 + xs.stop, y0 + ys.stop), int(area))
+        Component.model_construct(
+            box=PixelBox.model_construct(x1=x0 + xs.start, y1=y0 + ys.start, x2=x0 + xs.stop, y2=y0 + ys.stop),
+            area_px=int(area),
+        )
         for (ys, xs), area in zip(ndimage.find_objects(labels), areas, strict=True)
     ]
     return [found[i] for i in np.argsort(-areas, kind="stable")]
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+def encode_rle(mask: np.ndarray) -> RleMask:
     """COCO run-length encoding `{"size": [h, w], "counts": str}`, readable by pycocotools.mask.decode."""
     rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return RleMask.model_construct(size=[int(v) for v in rle["size"]], counts=rle["counts"].decode("ascii"))
 
 
 def encode_png(mask: np.ndarray) -> bytes:
@@ -136,9 +87,9 @@ def encode_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _mask_json(mask: np.ndarray, mask_format: MaskFormat) -> dict[str, Any]:
+def encode_mask(mask: np.ndarray, mask_format: MaskFormat) -> RleMask | PngMask:
     if mask_format == "png":
-        return {"format": "png", "data": base64.b64encode(encode_png(mask)).decode("ascii")}
+        return PngMask.model_construct(data=base64.b64encode(encode_png(mask)).decode("ascii"))
     return encode_rle(mask)
 
 
@@ -146,46 +97,48 @@ def postprocess_segmentation(
     logits: np.ndarray,
     geometry: Geometry,
     manifest: ModelManifest,
-    thresholds: Mapping[str, float],
+    thresholds: ThresholdSet,
     mask_format: MaskFormat = "rle",
     class_filter: Iterable[str] | None = None,
-) -> SegmentationResult:
-    """One image's logits `[C, input_h, input_w]` -> SegmentationResult with masks at original size."""
-    if manifest.task is not Task.SEGMENTATION:
-        raise ValueError(f"{manifest.ref} is a {manifest.task} model")
+) -> SegmentationAnswer:
+    """One image's logits `[C, input_h, input_w]` -> its answer, with masks at original size."""
     if logits.shape[1:] != (geometry.input_height, geometry.input_width):
         raise ValueError(
             f"logits {logits.shape} do not match the input size {geometry.input_height}x{geometry.input_width}"
         )
     if mask_format not in ("rle", "png"):
         raise ValueError(f"mask format must be 'rle' or 'png', got {mask_format!r}")
-    active = request_thresholds(manifest, thresholds, class_filter)
+    active = request_thresholds(manifest, thresholds.values, class_filter)
     class_map, probability = thresholded_class_map(logits, threshold_vector(manifest.classes, active))
 
     x0, y0, x1, y1 = geometry.content_box
     content_map = class_map[y0:y1, x0:x1]
     present = [int(k) for k in np.unique(content_map) if k != NO_CLASS]
-    if not present:
-        return SegmentationResult([], [], mask_format)
-    content_probability = probability[y0:y1, x0:x1]
-
-    original_map = geometry.mask_to_original(class_map)
-    frame_px = geometry.original_width * geometry.original_height
+    original_map = None
     segments = []
-    for class_id in present:
-        mask = original_map == class_id
-        area = int(np.count_nonzero(mask))
-        if area == 0:  # a sliver lost when the frame is smaller than the input
-            continue
-        segments.append(
-            Segment(
-                class_name=manifest.classes[class_id],
-                class_id=class_id,
-                confidence=float(content_probability[content_map == class_id].max()),
-                area_px=area,
-                area_fraction=area / frame_px,
-                components=connected_components(mask),
-                mask=mask,
+    if present:
+        content_probability = probability[y0:y1, x0:x1]
+        original_map = geometry.mask_to_original(class_map)
+        frame_px = geometry.original_width * geometry.original_height
+        for class_id in present:
+            mask = original_map == class_id
+            area = int(np.count_nonzero(mask))
+            if area == 0:  # a sliver lost when the frame is smaller than the input
+                continue
+            segments.append(
+                Segment.model_construct(
+                    class_name=manifest.classes[class_id],
+                    class_id=class_id,
+                    confidence=float(content_probability[content_map == class_id].max()),
+                    area_px=area,
+                    area_fraction=area / frame_px,
+                    components=connected_components(mask),
+                    mask=encode_mask(mask, mask_format),
+                )
             )
-        )
-    return SegmentationResult(segments, [s.class_name for s in segments], mask_format)
+    defects = [s.class_name for s in segments]
+    answer = SegmentationAnswer.model_construct(
+        **answer_header(manifest, geometry, thresholds, defects), segments=segments
+    )
+    answer._class_map = original_map
+    return answer

@@ -1,4 +1,4 @@
-"""Segmentation: per defect class its mask, area and connected components.
+"""Segmentation's labelled samples and sweep evidence.
 
 Labelled samples: `images/<name>.<ext>` and `masks/<name>.png`, a single-channel PNG of the image's
 size whose pixel values are indices into the model's classes (for the demo segmenter 0 background,
@@ -10,34 +10,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from service.manifest import ModelManifest
-from service.pipeline.postprocess import postprocess_segmentation
-from service.tasks.head import TaskResult
+from service.tasks.segmentation.answer import SegmentationAnswer
 from service.thresholds.samples import IMAGES_DIR, MASKS_DIR, LabelledImage, SampleFiles, SampleSetError, image_names
 from service.thresholds.sweep import ClassEvidence, Truth, image_evidence, presence
-
-
-@dataclass(frozen=True)
-class SegmentationHead:
-    on_event_loop: bool = False
-
-    def postprocess(self, outputs, geometry, manifest, thresholds, options) -> TaskResult:  # see TaskHead
-        return postprocess_segmentation(
-            outputs[0], geometry, manifest, thresholds.values, options.mask_format, options.classes
-        )
-
-    def read_labels(self, names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
-        return read_segmentation_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> SegmentationEvidence:
-        return SegmentationEvidence(manifest)
 
 
 def read_segmentation_labels(names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:
@@ -77,8 +58,8 @@ class SegmentationEvidence:
         self.classes = manifest.defect_classes
         self._scores: list[list[float]] = []  # per image, per defect class
 
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
-        found = {s["class_name"]: float(s["confidence"]) for s in answer["segments"]}
+    def add(self, truth: Truth, answer: SegmentationAnswer) -> None:
+        found = {s.class_name: s.confidence for s in answer.segments}
         self._scores.append([found.get(name, -np.inf) for name in self.classes])
 
     def evidence(self, truths: list[Truth]) -> dict[str, ClassEvidence]:

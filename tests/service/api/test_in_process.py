@@ -11,9 +11,10 @@ from starlette.testclient import TestClient
 
 from export.synthetic import encode_image, generate_weld
 from service.api.app import create_app
-from service.api.schemas import ErrorResponse, ModelList, Prediction
+from service.api.schemas import ErrorResponse, ModelList
 from service.config import Settings
 from service.served_models import ServedModels
+from service.tasks import ANSWERS
 from tests.conftest import MODEL_STORE, app_in_process
 
 
@@ -32,7 +33,7 @@ def test_the_served_models_are_listed(api):
 def test_a_crack_frame_is_rejected_by_the_classifier(api):
     frame = encode_image(generate_weld(74_000, 640, 480, label="crack").image)
     response = api.post("/v1/models/weld-classifier/predict", content=frame, headers={"Content-Type": "image/jpeg"})
-    answer = Prediction.model_validate(response.json())
+    answer = ANSWERS.validate_python(response.json())
     assert response.status_code == 200
     assert (answer.decision, answer.defects, answer.label) == ("reject", ["crack"], "crack")
 

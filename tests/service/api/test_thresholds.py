@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.samples import write_sample_set
 from export.synthetic import encode_image, generate_weld
-from service.api.schemas import ErrorResponse, Prediction
+from service.api.schemas import ErrorResponse
 from service.api.thresholds import ThresholdHistory, ThresholdRevisionView
+from service.tasks import ANSWERS
 from service.thresholds import tune
 from service.thresholds.report import SweepReport
 from tests.conftest import RunningServer, kill_tree, postgres_url, running_server
@@ -64,7 +65,7 @@ def predict(server: RunningServer, data: bytes, model: str = CLASSIFIER) -> dict
         f"{server.url}/v1/models/{model}/predict", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60
     )
     assert response.status_code == 200, response.text
-    return Prediction.model_validate(response.json()).model_dump()
+    return ANSWERS.validate_python(response.json()).model_dump()
 
 
 def error_code(response: httpx.Response, status: int) -> str:

@@ -24,10 +24,10 @@ from service.config import Settings
 from service.manifest import ModelManifest, OutputDecoder
 from service.model_store import load_version
 from service.pipeline.engine_cache import KEY_FILE, graph_sha256
-from service.pipeline.postprocess.classification import class_scores
 from service.pipeline.preprocess import to_batch
 from service.pipeline.providers import CPU, CUDA, TENSORRT, probe_host_gpu
 from service.pipeline.runtime import RuntimeOptions, batch_buckets, create_session
+from service.tasks.classification.postprocess import class_scores
 from tests.conftest import MODEL_STORE, running_server
 from tests.service.clients import predict
 from tests.service.pipeline.inputs import model_inputs

@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 
 from service.manifest import ModelManifest, OutputDecoder
-from service.pipeline.postprocess.classification import class_scores, classify, postprocess_classification
+from service.pipeline.geometry import Geometry
+from service.tasks.classification.postprocess import class_scores, classify, postprocess_classification
+from service.thresholds.rules import ThresholdSet
 
 CLASSES = ["no_defect", "porosity", "crack", "undercut"]
 THRESHOLDS = {"porosity": 0.5, "crack": 0.2, "undercut": 0.5}
+FRAME = Geometry.stretch((640, 480), (160, 160))
+# The fields every task's answer starts with; the tests below compare the rest.
+HEADER = ("model", "model_version", "task", "image", "thresholds_revision")
 
 
 def weld_classifier(decoder: str = "softmax") -> ModelManifest:
@@ -35,6 +40,15 @@ def weld_classifier(decoder: str = "softmax") -> ModelManifest:
             "provenance": {"exporter": "dynamo", "source": "test", "created_at": "2026-11-01T00:00:00Z"},
         }
     )
+
+
+def threshold_set(values: dict[str, float] = THRESHOLDS) -> ThresholdSet:
+    return ThresholdSet(revision=1, values=values, nms_iou=None)
+
+
+def classification_body(answer) -> dict:
+    """The answer's wire form without the fields every task's answer starts with."""
+    return {k: v for k, v in answer.model_dump(mode="json").items() if k not in HEADER}
 
 
 def logits_for(probabilities: list[float]) -> np.ndarray:
@@ -67,7 +81,7 @@ def test_decoder_without_class_scores_is_refused():
 
 
 def test_low_crack_threshold_rejects_a_part_labelled_no_defect():
-    result = postprocess_classification(logits_for([0.7, 0.02, 0.25, 0.03]), weld_classifier(), THRESHOLDS)
+    result = postprocess_classification(logits_for([0.7, 0.02, 0.25, 0.03]), FRAME, weld_classifier(), threshold_set())
 
     assert result.label == "no_defect"
     assert result.confidence == pytest.approx(0.7, abs=1e-6)
@@ -76,7 +90,7 @@ def test_low_crack_threshold_rejects_a_part_labelled_no_defect():
 
 
 def test_confident_no_defect_is_accepted():
-    result = postprocess_classification(logits_for([0.94, 0.02, 0.02, 0.02]), weld_classifier(), THRESHOLDS)
+    result = postprocess_classification(logits_for([0.94, 0.02, 0.02, 0.02]), FRAME, weld_classifier(), threshold_set())
 
     assert (result.label, result.defects, result.decision) == ("no_defect", [], "accept")
 
@@ -84,23 +98,27 @@ def test_confident_no_defect_is_accepted():
 def test_score_equal_to_its_threshold_crosses_it():
     scores = np.array([0.25, 0.5, 0.0, 0.25], dtype=np.float32)
 
-    result = classify(scores, CLASSES, {"porosity": 0.5, "crack": 0.2, "undercut": 0.5})
+    best, defects = classify(scores, CLASSES, {"porosity": 0.5, "crack": 0.2, "undercut": 0.5})
 
-    assert result.defects == ["porosity"]
+    assert (best, defects) == (1, ["porosity"])
 
 
 def test_background_class_never_rejects_however_confident():
     scores = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
 
-    result = classify(scores, CLASSES, {"porosity": 0.0, "crack": 0.0, "undercut": 0.0})
+    best, defects = classify(scores, CLASSES, {"porosity": 0.0, "crack": 0.0, "undercut": 0.0})
 
-    assert result.defects == ["porosity", "crack", "undercut"]  # a 0 threshold always crosses
-    assert "no_defect" not in result.defects
+    assert CLASSES[best] == "no_defect"
+    assert defects == ["porosity", "crack", "undercut"]  # a 0 threshold always crosses
+    assert "no_defect" not in defects
 
 
 def test_every_defect_crossing_is_reported_in_class_order():
     result = postprocess_classification(
-        logits_for([0.1, 0.3, 0.3, 0.3]), weld_classifier(), {"porosity": 0.25, "crack": 0.25, "undercut": 0.25}
+        logits_for([0.1, 0.3, 0.3, 0.3]),
+        FRAME,
+        weld_classifier(),
+        threshold_set({"porosity": 0.25, "crack": 0.25, "undercut": 0.25}),
     )
 
     assert result.defects == ["porosity", "crack", "undercut"]
@@ -108,7 +126,7 @@ def test_every_defect_crossing_is_reported_in_class_order():
 
 def test_class_filter_ignores_other_defects_in_the_decision():
     result = postprocess_classification(
-        logits_for([0.1, 0.8, 0.05, 0.05]), weld_classifier(), THRESHOLDS, class_filter={"crack"}
+        logits_for([0.1, 0.8, 0.05, 0.05]), FRAME, weld_classifier(), threshold_set(), class_filter={"crack"}
     )
 
     assert result.label == "porosity"
@@ -117,18 +135,22 @@ def test_class_filter_ignores_other_defects_in_the_decision():
 
 def test_class_filter_naming_an_unknown_class_is_refused():
     with pytest.raises(ValueError, match="unknown classes"):
-        postprocess_classification(logits_for([0.25] * 4), weld_classifier(), THRESHOLDS, class_filter={"rust"})
+        postprocess_classification(
+            logits_for([0.25] * 4), FRAME, weld_classifier(), threshold_set(), class_filter={"rust"}
+        )
 
 
 def test_thresholds_missing_a_defect_class_are_refused():
     with pytest.raises(ValueError, match="undercut"):
-        postprocess_classification(logits_for([0.25] * 4), weld_classifier(), {"porosity": 0.5, "crack": 0.2})
+        postprocess_classification(
+            logits_for([0.25] * 4), FRAME, weld_classifier(), threshold_set({"porosity": 0.5, "crack": 0.2})
+        )
 
 
 def test_multi_label_sigmoid_model_can_reject_for_two_classes():
     logits = np.array([-2.0, math.log(3), math.log(3), -2.0])  # sigmoid: 0.119, 0.75, 0.75, 0.119
 
-    result = postprocess_classification(logits, weld_classifier("sigmoid"), THRESHOLDS)
+    result = postprocess_classification(logits, FRAME, weld_classifier("sigmoid"), threshold_set())
 
     assert result.label == "porosity"
     assert result.defects == ["porosity", "crack"]
@@ -137,9 +159,18 @@ def test_multi_label_sigmoid_model_can_reject_for_two_classes():
 def test_json_answer_has_label_rounded_scores_and_decision():
     logits = np.array([0.0, math.log(2), math.log(3), math.log(4)])  # softmax: 0.1, 0.2, 0.3, 0.4
 
-    answer = postprocess_classification(logits, weld_classifier(), THRESHOLDS).to_json()
+    answer = postprocess_classification(logits, FRAME, weld_classifier(), ThresholdSet(7, THRESHOLDS, None))
 
-    assert answer == {
+    assert answer.scores["crack"] != 0.3  # full precision in the answer, rounded on the wire
+    body = answer.model_dump(mode="json")
+    assert {k: body[k] for k in HEADER} == {
+        "model": "weld-classifier",
+        "model_version": 1,
+        "task": "classification",
+        "image": {"width": 640, "height": 480},
+        "thresholds_revision": 7,
+    }
+    assert classification_body(answer) == {
         "decision": "reject",
         "defects": ["crack"],
         "label": "undercut",
@@ -150,4 +181,4 @@ def test_json_answer_has_label_rounded_scores_and_decision():
 
 def test_scores_of_the_wrong_length_are_refused():
     with pytest.raises(ValueError, match="expected 4 scores"):
-        postprocess_classification(np.zeros(3), weld_classifier(), THRESHOLDS)
+        postprocess_classification(np.zeros(3), FRAME, weld_classifier(), threshold_set())

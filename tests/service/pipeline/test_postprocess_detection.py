@@ -2,12 +2,25 @@ import numpy as np
 import pytest
 
 from service.pipeline.geometry import Geometry
-from service.pipeline.postprocess.detections import Detections, postprocess_detection
+from service.tasks.detection.postprocess import Detections, postprocess_detection
+from service.thresholds.rules import ThresholdSet
 from tests.service.manifests import detector_manifest
 
 DEFECTS = ["porosity", "crack", "undercut"]
 THRESHOLDS = {"porosity": 0.5, "crack": 0.3, "undercut": 0.5}
 LETTERBOX = Geometry.letterbox((640, 480), (320, 320))  # scale 0.5, pad_y 40
+# The fields every task's answer starts with; the tests below compare the rest.
+HEADER = ("model", "model_version", "task", "image", "thresholds_revision")
+
+
+def threshold_set(values: dict[str, float] = THRESHOLDS, nms_iou: float | None = None) -> ThresholdSet:
+    """`nms_iou` None: the manifest's."""
+    return ThresholdSet(revision=1, values=values, nms_iou=nms_iou)
+
+
+def detection_body(answer) -> dict:
+    """The answer's wire form without the fields every task's answer starts with."""
+    return {k: v for k, v in answer.model_dump(mode="json").items() if k not in HEADER}
 
 
 def yolo_head(anchors: list[tuple[float, float, float, float, list[float]]]) -> np.ndarray:
@@ -115,11 +128,11 @@ def test_yolo_detection_on_a_letterboxed_frame_is_answered_in_original_pixels():
         ]
     )
 
-    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), threshold_set())
 
     assert result.decision == "reject"
     assert result.defects == ["crack"]
-    assert result.to_json() == {
+    assert detection_body(result) == {
         "decision": "reject",
         "defects": ["crack"],
         "detections": [
@@ -136,16 +149,16 @@ def test_yolo_detection_on_a_letterboxed_frame_is_answered_in_original_pixels():
 def test_yolo_head_with_nothing_above_threshold_is_accepted_with_no_detections():
     raw = np.zeros((4 + 3, 2100), dtype=np.float32)
 
-    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), threshold_set())
 
     assert (result.detections, result.defects, result.decision) == ([], [], "accept")
-    assert result.to_json() == {"decision": "accept", "defects": [], "detections": []}
+    assert detection_body(result) == {"decision": "accept", "defects": [], "detections": []}
 
 
 def test_box_wholly_in_the_letterbox_padding_is_dropped():
     raw = yolo_head([(160, 20, 40, 20, [0.0, 0.9, 0.0])])  # rows 10..30: inside the top 40-row pad
 
-    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), threshold_set())
 
     assert result.decision == "accept"
 
@@ -154,7 +167,7 @@ def test_class_filter_drops_other_classes_before_the_decision():
     raw = yolo_head([(60, 100, 20, 20, [0.9, 0.0, 0.0]), (200, 100, 20, 20, [0.0, 0.0, 0.9])])
 
     result = postprocess_detection(
-        [raw], LETTERBOX, detector_manifest(), THRESHOLDS, class_filter={"crack", "undercut"}
+        [raw], LETTERBOX, detector_manifest(), threshold_set(), class_filter={"crack", "undercut"}
     )
 
     assert [d.class_name for d in result.detections] == ["undercut"]
@@ -164,14 +177,14 @@ def test_class_filter_drops_other_classes_before_the_decision():
 def test_request_max_detections_overrides_the_manifest():
     raw = yolo_head([(20 + 40 * i, 100, 20, 20, [0.9 - 0.1 * i, 0.0, 0.0]) for i in range(4)])
 
-    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), THRESHOLDS, max_detections=2)
+    result = postprocess_detection([raw], LETTERBOX, detector_manifest(), threshold_set(), max_detections=2)
 
     assert [round(d.confidence, 6) for d in result.detections] == [0.9, 0.8]
 
 
 def test_yolo_head_with_a_different_class_count_is_refused():
     with pytest.raises(ValueError, match="2 class rows"):
-        postprocess_detection([np.zeros((6, 10), np.float32)], LETTERBOX, detector_manifest(), THRESHOLDS)
+        postprocess_detection([np.zeros((6, 10), np.float32)], LETTERBOX, detector_manifest(), threshold_set())
 
 
 def test_torchvision_style_outputs_drop_the_background_class_and_apply_thresholds():
@@ -180,9 +193,11 @@ def test_torchvision_style_outputs_drop_the_background_class_and_apply_threshold
     scores = np.array([0.35, 0.4, 0.99], dtype=np.float32)
     labels = np.array([2, 1, 0], dtype=np.int64)  # crack (0.3), porosity (0.5), background
 
-    result = postprocess_detection([boxes, scores, labels], LETTERBOX, manifest, THRESHOLDS)
+    result = postprocess_detection([boxes, scores, labels], LETTERBOX, manifest, threshold_set())
 
-    assert [(d.class_name, d.class_id, d.box) for d in result.detections] == [("crack", 2, (20.0, 20.0, 220.0, 220.0))]
+    assert [(d.class_name, d.class_id, d.box.xyxy) for d in result.detections] == [
+        ("crack", 2, (20.0, 20.0, 220.0, 220.0))
+    ]
 
 
 def test_request_nms_iou_below_the_graphs_own_suppresses_more():
@@ -190,14 +205,14 @@ def test_request_nms_iou_below_the_graphs_own_suppresses_more():
     boxes = np.array([[0, 40, 10, 50], [5, 40, 15, 50]], dtype=np.float32)  # IoU 1/3
     outputs = [boxes, np.array([0.9, 0.8], np.float32), np.array([2, 2])]
 
-    assert len(postprocess_detection(outputs, LETTERBOX, manifest, THRESHOLDS).detections) == 2
-    assert len(postprocess_detection(outputs, LETTERBOX, manifest, THRESHOLDS, nms_iou=0.3).detections) == 1
+    assert len(postprocess_detection(outputs, LETTERBOX, manifest, threshold_set()).detections) == 2
+    assert len(postprocess_detection(outputs, LETTERBOX, manifest, threshold_set(nms_iou=0.3)).detections) == 1
 
 
 def test_torchvision_style_outputs_with_no_boxes_are_accepted():
     manifest = detector_manifest("boxes_scores_labels", ["__background__", *DEFECTS], "__background__")
     outputs = [np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)]
 
-    result = postprocess_detection(outputs, LETTERBOX, manifest, THRESHOLDS)
+    result = postprocess_detection(outputs, LETTERBOX, manifest, threshold_set())
 
     assert (result.detections, result.decision) == ([], "accept")

@@ -8,20 +8,42 @@ import pytest
 from PIL import Image
 
 from service.pipeline.geometry import Geometry
-from service.pipeline.postprocess.segmentation import (
+from service.tasks.segmentation.answer import Component, PixelBox, RleMask
+from service.tasks.segmentation.postprocess import (
     NO_CLASS,
-    Component,
     connected_components,
     encode_png,
     encode_rle,
     postprocess_segmentation,
     thresholded_class_map,
 )
+from service.thresholds.rules import ThresholdSet
 from tests.service.manifests import segmenter_manifest
 
 CLASSES = ["background", "porosity", "crack", "undercut"]
 THRESHOLDS = {"porosity": 0.5, "crack": 0.5, "undercut": 0.5}
 LETTERBOX = Geometry.letterbox((640, 480), (320, 320))  # scale 0.5, pad_y 40
+# The fields every task's answer starts with; the tests below compare the rest.
+HEADER = ("model", "model_version", "task", "image", "thresholds_revision")
+
+
+def threshold_set(values: dict[str, float] = THRESHOLDS) -> ThresholdSet:
+    return ThresholdSet(revision=1, values=values, nms_iou=None)
+
+
+def segmentation_body(answer) -> dict:
+    """The answer's wire form without the fields every task's answer starts with."""
+    return {k: v for k, v in answer.model_dump(mode="json").items() if k not in HEADER}
+
+
+def component(x1: int, y1: int, x2: int, y2: int, area_px: int) -> Component:
+    return Component(box=PixelBox(x1=x1, y1=y1, x2=x2, y2=y2), area_px=area_px)
+
+
+def decoded(mask: RleMask) -> np.ndarray:
+    """An answer's RLE mask as a bool array, read as a client would."""
+    rle = mask.model_dump()
+    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
 def background_logits(height: int = 320, width: int = 320) -> np.ndarray:
@@ -55,9 +77,9 @@ def test_rle_decodes_back_to_the_same_mask():
 
     rle = encode_rle(mask)
 
-    assert rle["size"] == [7, 5]
-    assert isinstance(rle["counts"], str)
-    np.testing.assert_array_equal(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
+    assert rle.size == [7, 5]
+    assert isinstance(rle.counts, str)
+    np.testing.assert_array_equal(coco_mask.decode({"size": rle.size, "counts": rle.counts.encode()}), mask)
 
 
 def test_png_decodes_back_to_the_same_mask():
@@ -79,9 +101,9 @@ def test_components_are_8_connected_and_sorted_by_area_with_pixel_edge_boxes():
     components = connected_components(mask)
 
     assert components == [
-        Component(box=(25, 15, 30, 20), area_px=25),
-        Component(box=(3, 2, 9, 6), area_px=24),
-        Component(box=(10, 10, 12, 12), area_px=2),
+        component(25, 15, 30, 20, area_px=25),
+        component(3, 2, 9, 6, area_px=24),
+        component(10, 10, 12, 12, area_px=2),
     ]
 
 
@@ -95,25 +117,27 @@ def test_crack_on_a_letterboxed_frame_is_measured_at_original_size():
     claim(logits, 2, slice(40 + 100, 40 + 101), slice(200, 201), odds=30.0)  # one more crack pixel
     claim(logits, 2, slice(10, 30), slice(0, 320))  # in the padding: must not count
 
-    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS)
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set())
 
     assert (result.decision, result.defects) == ("reject", ["crack"])
     (crack,) = result.segments
     expected = np.zeros((480, 640), dtype=bool)
     expected[20:40, 60:100] = True
     expected[200:202, 400:402] = True
-    np.testing.assert_array_equal(crack.mask, expected)
+    np.testing.assert_array_equal(decoded(crack.mask), expected)
+    np.testing.assert_array_equal(result.class_map == 2, expected)
+    assert result.class_map.dtype == np.uint8 and set(np.unique(result.class_map).tolist()) == {2, NO_CLASS}
     assert (crack.class_id, crack.area_px) == (2, 800 + 4)
     assert crack.area_fraction == pytest.approx(804 / (640 * 480))
     assert crack.confidence == pytest.approx(30 / 33, rel=1e-6)
-    assert crack.components == [Component((60, 20, 100, 40), 800), Component((400, 200, 402, 202), 4)]
+    assert crack.components == [component(60, 20, 100, 40, 800), component(400, 200, 402, 202, 4)]
 
 
 def test_json_answer_carries_rle_masks_readable_by_pycocotools():
     logits = background_logits()
     claim(logits, 1, slice(60, 70), slice(100, 110))
 
-    answer = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS).to_json()
+    answer = segmentation_body(postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set()))
 
     (segment,) = answer["segments"]
     mask = segment.pop("mask")
@@ -134,7 +158,9 @@ def test_png_mask_format_answers_base64_png_at_original_size():
     logits = background_logits()
     claim(logits, 3, slice(60, 70), slice(100, 110))
 
-    answer = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS, mask_format="png").to_json()
+    answer = segmentation_body(
+        postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set(), mask_format="png")
+    )
 
     mask = answer["segments"][0]["mask"]
     assert mask["format"] == "png"
@@ -148,17 +174,18 @@ def test_region_below_its_class_threshold_is_not_a_defect():
     logits = background_logits()
     claim(logits, 2, slice(60, 70), slice(100, 110), odds=6.0)  # crack at 6 / 9 = 0.667
 
-    assert postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS).defects == ["crack"]
-    strict = {**THRESHOLDS, "crack": 0.7}
+    assert postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set()).defects == ["crack"]
+    strict = threshold_set({**THRESHOLDS, "crack": 0.7})
     result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), strict)
     assert (result.segments, result.decision) == ([], "accept")
 
 
 def test_background_only_output_is_accepted_with_no_segments():
-    result = postprocess_segmentation(background_logits(), LETTERBOX, segmenter_manifest(), THRESHOLDS)
+    result = postprocess_segmentation(background_logits(), LETTERBOX, segmenter_manifest(), threshold_set())
 
     assert (result.segments, result.defects, result.decision) == ([], [], "accept")
-    assert result.to_json() == {"decision": "accept", "defects": [], "segments": []}
+    assert segmentation_body(result) == {"decision": "accept", "defects": [], "segments": []}
+    assert result.class_map is None
 
 
 def test_each_class_gets_its_own_segment_in_class_order():
@@ -166,7 +193,7 @@ def test_each_class_gets_its_own_segment_in_class_order():
     claim(logits, 3, slice(60, 70), slice(10, 20))
     claim(logits, 1, slice(100, 110), slice(10, 20))
 
-    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS)
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set())
 
     assert [(s.class_name, s.area_px) for s in result.segments] == [("porosity", 400), ("undercut", 400)]
     assert result.defects == ["porosity", "undercut"]
@@ -176,14 +203,14 @@ def test_class_filter_drops_other_classes_before_the_decision():
     logits = background_logits()
     claim(logits, 1, slice(60, 70), slice(10, 20))
 
-    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), THRESHOLDS, class_filter={"crack"})
+    result = postprocess_segmentation(logits, LETTERBOX, segmenter_manifest(), threshold_set(), class_filter={"crack"})
 
     assert (result.segments, result.decision) == ([], "accept")
 
 
 def test_logits_not_at_the_input_size_are_refused():
     with pytest.raises(ValueError, match="input size"):
-        postprocess_segmentation(background_logits(160, 160), LETTERBOX, segmenter_manifest(), THRESHOLDS)
+        postprocess_segmentation(background_logits(160, 160), LETTERBOX, segmenter_manifest(), threshold_set())
 
 
 def test_large_frame_mask_has_the_frame_size_and_scaled_area():
@@ -191,10 +218,11 @@ def test_large_frame_mask_has_the_frame_size_and_scaled_area():
     logits = background_logits(256, 256)
     claim(logits, 2, slice(128, 160), slice(64, 96))
 
-    (crack,) = postprocess_segmentation(logits, geometry, segmenter_manifest(), THRESHOLDS).segments
+    (crack,) = postprocess_segmentation(logits, geometry, segmenter_manifest(), threshold_set()).segments
 
-    assert crack.mask.shape == (2048, 2448)
-    assert crack.components == [Component((612, 1024, 918, 1280), 306 * 256)]
+    assert crack.mask.size == [2048, 2448]
+    assert decoded(crack.mask).shape == (2048, 2448)
+    assert crack.components == [component(612, 1024, 918, 1280, 306 * 256)]
 
 
 def test_pixel_lost_when_downscaling_to_a_smaller_frame_does_not_reject():
@@ -203,7 +231,7 @@ def test_pixel_lost_when_downscaling_to_a_smaller_frame_does_not_reject():
     claim(logits, 2, slice(0, 1), slice(0, 1))
     claim(logits, 1, slice(1, 2), slice(3, 4))
 
-    result = postprocess_segmentation(logits, geometry, segmenter_manifest(), THRESHOLDS)
+    result = postprocess_segmentation(logits, geometry, segmenter_manifest(), threshold_set())
 
     assert [(s.class_name, s.area_px, s.area_fraction) for s in result.segments] == [("porosity", 1, 0.25)]
     assert result.defects == ["porosity"]

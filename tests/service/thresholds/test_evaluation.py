@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
+from service.pipeline.boxes import box_iou
 from service.thresholds.evaluation import (
     accuracy,
     average_precision,
     average_precision_per_class,
-    box_iou,
     confusion_matrix,
     iou_per_class,
     match_detections,

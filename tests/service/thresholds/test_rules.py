@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from service.api.query import parse_options
-from service.thresholds.rules import check_thresholds, parse_class_values
+from service.tasks import parse_options
+from service.thresholds.rules import ThresholdSet, check_thresholds, parse_class_values
 from tests.service.manifests import DEFECTS, classifier_manifest
 
 
@@ -16,7 +16,9 @@ def test_both_separators_read_the_same():
 
 def test_one_value_sets_every_defect_class():
     assert parse_class_values("0.25", DEFECTS) == {"porosity": 0.25, "crack": 0.25, "undercut": 0.25}
-    assert parse_options(classifier_manifest(), {"thresholds": "0.25"}).thresholds == dict.fromkeys(DEFECTS, 0.25)
+    options = parse_options(classifier_manifest(), {"thresholds": "0.25"})
+    defaults = ThresholdSet(1, {"porosity": 0.5, "crack": 0.3, "undercut": 0.5}, None)
+    assert options.thresholds_for(defaults).values == dict.fromkeys(DEFECTS, 0.25)
     with pytest.raises(ValueError, match="must look like 'crack:0.3,porosity:0.6', got '0.25'"):
         parse_class_values("0.25", None)  # a client that does not know the model's classes
 

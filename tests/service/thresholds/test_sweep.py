@@ -14,6 +14,9 @@ from export.samples import write_sample_set
 from export.synthetic import generate_weld
 from service.manifest import ModelManifest
 from service.tasks import HEADS
+from service.tasks.classification.answer import ClassificationAnswer
+from service.tasks.detection.answer import Box, Detection, DetectionAnswer
+from service.tasks.segmentation.answer import Segment, SegmentationAnswer
 from service.thresholds.samples import FolderFiles, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import (
     ClassEvidence,
@@ -45,11 +48,39 @@ def tally_for(manifest: ModelManifest) -> SweepTally:
     return SweepTally(manifest, HEADS[manifest.task].evidence(manifest))
 
 
+# The sweep reads only an answer's scores, boxes or segments: the answers below carry only those.
+
+
+def classification_answer(scores: dict[str, float]) -> ClassificationAnswer:
+    return ClassificationAnswer.model_construct(scores=scores)
+
+
+def detection_answer(found: list[tuple[str, float, tuple[float, float, float, float]]]) -> DetectionAnswer:
+    detections = [
+        Detection(
+            class_name=name,
+            class_id=CLASSES.index(name),
+            confidence=score,
+            box=Box(**dict(zip(("x1", "y1", "x2", "y2"), box, strict=True))),
+        )
+        for name, score, box in found
+    ]
+    return DetectionAnswer.model_construct(detections=detections)
+
+
+def segmentation_answer(confidences: dict[str, float]) -> SegmentationAnswer:
+    segments = [
+        Segment.model_construct(class_name=name, class_id=SEGMENTATION_CLASSES.index(name), confidence=score)
+        for name, score in confidences.items()
+    ]
+    return SegmentationAnswer.model_construct(segments=segments)
+
+
 def classification_tally() -> SweepTally:
     tally = tally_for(make_manifest(classes=CLASSES))
     for label, scores in zip(LABELS, SCORES, strict=True):
         truth = Truth(present=frozenset({label}) - {"no_defect"}, label=label)
-        tally.add(truth, {"scores": dict(zip(CLASSES, scores, strict=True))})
+        tally.add(truth, classification_answer(dict(zip(CLASSES, scores, strict=True))))
     return tally
 
 
@@ -152,11 +183,7 @@ def detection_tally() -> SweepTally:
     ]
     tally = tally_for(manifest)
     for truth, found in images:
-        detections = [
-            {"class_name": name, "confidence": score, "box": dict(zip(("x1", "y1", "x2", "y2"), box, strict=True))}
-            for name, score, box in found
-        ]
-        tally.add(truth, {"detections": detections})
+        tally.add(truth, detection_answer(found))
     return tally
 
 
@@ -186,8 +213,7 @@ def test_segmentation_decides_per_image_and_a_class_without_pixels_is_never_flag
         (set(), {"porosity": 0.6}),
         ({"crack", "porosity"}, {"crack": 0.3}),
     ]:
-        answer = {"segments": [{"class_name": name, "confidence": score} for name, score in segments.items()]}
-        tally.add(Truth(frozenset(present)), answer)
+        tally.add(Truth(frozenset(present)), segmentation_answer(segments))
     evidence = tally.evidence()
     crack = counts(evidence["crack"], np.array([0.0, 0.5, 0.9]))
     assert (crack.tp.tolist(), crack.fp.tolist(), crack.fn.tolist()) == ([2, 1, 0], [0, 0, 0], [0, 1, 2])
@@ -199,7 +225,10 @@ def test_a_class_without_labelled_positives_keeps_its_current_threshold():
     evidence = ClassEvidence(scores=np.array([0.2, 0.7]), hits=np.array([False, False]), positives=0)
     assert choose_threshold(counts(evidence, threshold_grid(0.1))) is None
     tally = tally_for(make_manifest(classes=CLASSES))
-    tally.add(Truth(frozenset(), label="no_defect"), {"scores": {"no_defect": 0.9, "porosity": 0.05, "crack": 0.05}})
+    tally.add(
+        Truth(frozenset(), label="no_defect"),
+        classification_answer({"no_defect": 0.9, "porosity": 0.05, "crack": 0.05}),
+    )
     report = tally.report({"porosity": 0.42, "crack": 0.37}, revision=1, nms_iou=None)
     assert report.proposal == {"porosity": 0.42, "crack": 0.37}
     assert report.classes["crack"].choice.basis == "unchanged"

@@ -1,0 +1,34 @@
+"""Detection: boxes of defects in original-image pixels, with per-class thresholds and NMS."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from service.manifest import ModelManifest, OutputDecoder, Task
+from service.tasks.detection import samples, tensors
+from service.tasks.detection.answer import DetectionAnswer
+from service.tasks.detection.options import DetectionOptions
+from service.tasks.detection.postprocess import postprocess_detection
+
+
+class DetectionHead:
+    task: ClassVar[Task] = Task.DETECTION
+    decoders: ClassVar[frozenset[OutputDecoder]] = frozenset({OutputDecoder.BOXES_SCORES_LABELS, OutputDecoder.YOLO})
+    carries_nms: ClassVar[bool] = True
+    on_event_loop: ClassVar[bool] = False
+    options: ClassVar[type[DetectionOptions]] = DetectionOptions
+    answer: ClassVar[type[DetectionAnswer]] = DetectionAnswer
+
+    def postprocess(self, outputs, geometry, manifest, thresholds, options: DetectionOptions) -> DetectionAnswer:
+        return postprocess_detection(
+            outputs, geometry, manifest, thresholds, options.max_detections, options.class_filter
+        )
+
+    def read_labels(self, names, files, manifest):  # see TaskHead
+        return samples.read_detection_labels(names, files, manifest)
+
+    def evidence(self, manifest: ModelManifest) -> samples.DetectionEvidence:
+        return samples.DetectionEvidence(manifest)
+
+    output_specs = staticmethod(tensors.output_specs)
+    output_tensors = staticmethod(tensors.output_tensors)
