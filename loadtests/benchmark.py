@@ -22,7 +22,8 @@ Targets: served >= 0.85 x bare; p99 at half rate <= 3 x single-request latency.
 `--variant NAME:key=value,...` adds a server with other settings or the code of another commit
 (`ref=COMMIT`) or folder (`code=PATH`, where this copy has no .git; see `Variant`), so that a change
 can be compared before and after within one run (each server's worker count is read from the server,
-whichever code it runs); `--rounds N` repeats each case (bare, then every variant) and reports
+whichever code it runs), or a protocol (`protocol=v2-binary`: the Open Inference Protocol with binary
+tensors, as `tritonclient` sends; `v2-json`) against `/v1` on the same code; `--rounds N` repeats each case (bare, then every variant) and reports
 medians; `--profile FOLDER` records a py-spy flame graph of one worker per saturated phase. Prints a
 markdown table and writes JSON.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
 import json
 import os
@@ -38,6 +40,7 @@ import platform
 import queue
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tarfile
@@ -108,12 +111,14 @@ class Variant:
     - `ref=COMMIT`: the service as it was at that commit of this repository's history;
     - `code=PATH`: the service in that folder, a tree checked out elsewhere (where this copy has no
       git history, as on a host that received a plain copy of the working tree).
+    `protocol=` says how its clients send frames (`PROTOCOLS`; default `v1`).
     """
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
     ref: str | None = None  # the full commit id
     code: Path | None = None
+    protocol: str = "v1"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -122,6 +127,9 @@ class Variant:
         ref, code = given.pop("ref", None), given.pop("code", None)
         if ref is not None and code is not None:
             raise argparse.ArgumentTypeError(f"variant {name!r}: ref= or code=, not both")
+        protocol = given.pop("protocol", "v1")
+        if protocol not in PROTOCOLS:
+            raise argparse.ArgumentTypeError(f"variant {name!r}: protocol must be one of {', '.join(PROTOCOLS)}")
         settings = {key: value for key, value in given.items() if not key.isupper()}
         unknown = set(settings) - set(Settings.model_fields)
         if unknown:
@@ -133,6 +141,7 @@ class Variant:
             {**env, **{key: value for key, value in given.items() if key.isupper()}},
             None if ref is None else commit_of(ref),
             None if code is None else service_tree(Path(code)),
+            protocol,
         )
 
 
@@ -322,8 +331,49 @@ def export_commit(commit: str, path: Path, repository: Path = ROOT) -> Path:
     return path
 
 
-async def post_frame(client: aiohttp.ClientSession, url: str, frame: bytes) -> bool:
-    async with client.post(url, data=frame, headers={"Content-Type": "image/jpeg"}) as response:
+@dataclass(frozen=True)
+class Prepared:
+    """One frame's request, built before the clients start so that building it costs them nothing."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def prepare(protocol: str, url: str, model: str, frame: bytes) -> Prepared:
+    """A frame as a request of `protocol`: `v1` (the JPEG as the body), `v2-binary` (the Open Inference
+    Protocol with binary tensor data both ways, as `tritonclient` sends by default) or `v2-json` (the
+    JPEG as base64 text in JSON, the answer in JSON)."""
+    if protocol == "v1":
+        return Prepared(f"{url}/v1/models/{model}/predict", frame, {"Content-Type": "image/jpeg"})
+    infer = f"{url}/v2/models/{model}/infer"
+    if protocol == "v2-binary":
+        element = struct.pack("<I", len(frame)) + frame
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": len(element)},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+        return Prepared(infer, header + element, headers)
+    text = base64.b64encode(frame).decode()
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [text]}]}).encode()
+    return Prepared(infer, body, {"Content-Type": "application/json"})
+
+
+PROTOCOLS = ("v1", "v2-binary", "v2-json")
+
+
+async def post_frame(client: aiohttp.ClientSession, request: Prepared) -> bool:
+    async with client.post(request.url, data=request.body, headers=request.headers) as response:
         await response.read()
         return response.status == 200
 
@@ -335,7 +385,7 @@ def client_session(connections: int) -> aiohttp.ClientSession:
 
 
 async def closed_loop(
-    client: aiohttp.ClientSession, url: str, frames: list[bytes], concurrency: int, seconds: float, ramp_s: float = 0.0
+    client: aiohttp.ClientSession, frames: list[Prepared], concurrency: int, seconds: float, ramp_s: float = 0.0
 ) -> Latencies:
     """`concurrency` clients, each sending its next frame as soon as the previous answer arrives.
 
@@ -354,7 +404,7 @@ async def closed_loop(
         index = offset
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
-            ok = await post_frame(client, url, frames[index % len(frames)])
+            ok = await post_frame(client, frames[index % len(frames)])
             done = time.perf_counter()
             if done <= deadline:  # an answer after the window is not counted
                 if ok:
@@ -368,7 +418,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    client: aiohttp.ClientSession, url: str, frames: list[bytes], rate: float, seconds: float, seed: int = 0
+    client: aiohttp.ClientSession, frames: list[Prepared], rate: float, seconds: float, seed: int = 0
 ) -> Latencies:
     """Poisson arrivals at `rate`/s, each request sent at its time whatever is still in flight.
 
@@ -383,7 +433,7 @@ async def open_loop(
 
     async def request(index: int, due: float) -> None:
         nonlocal failures
-        ok = await post_frame(client, url, frames[index % len(frames)])
+        ok = await post_frame(client, frames[index % len(frames)])
         if ok:
             latencies.append(time.perf_counter() - due)
         else:
@@ -508,18 +558,19 @@ async def measure_served(
     phases: Phases,
     variant: str,
     profile_svg: Path | None = None,
+    protocol: str = "v1",
 ) -> ServedResult:
-    predict = f"{url}/v1/models/{case.model}/predict"
+    requests = [prepare(protocol, url, case.model, frame) for frame in frames]
     async with client_session(concurrency) as client:
-        await closed_loop(client, predict, frames, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
+        await closed_loop(client, requests, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
         stages_before = await stage_totals(url, case.model)
         server_before, client_before = server_cpu_seconds(server), own_cpu_seconds()
         with profiling(server, phases.served, profile_svg), gpu_utilisation() as gpu_busy:
-            saturated = await closed_loop(client, predict, frames, concurrency, phases.served)
+            saturated = await closed_loop(client, requests, concurrency, phases.served)
         server_after, client_cpu = server_cpu_seconds(server), own_cpu_seconds() - client_before
         stages_after = await stage_totals(url, case.model)
-        single = await closed_loop(client, predict, frames, 1, phases.single)
-        half = await open_loop(client, predict, frames, saturated.rate / 2, phases.half_rate)
+        single = await closed_loop(client, requests, 1, phases.single)
+        half = await open_loop(client, requests, saturated.rate / 2, phases.half_rate)
     server_cpu = sum(server_after.values()) - sum(server_before.values())
     worker_cpu = [cpu - server_before.get(pid, 0.0) for pid, cpu in server_after.items() if pid != server.pid]
     answered = len(saturated.seconds)
@@ -682,7 +733,15 @@ def main(argv: list[str] | None = None) -> int:
                         svg = args.profile / f"{case.model}-{case.width}x{case.height}-{variant.name}.svg"
                     served = asyncio.run(
                         measure_served(
-                            url, server, case, case_frames, args.concurrency, phases, variant.name, profile_svg=svg
+                            url,
+                            server,
+                            case,
+                            case_frames,
+                            args.concurrency,
+                            phases,
+                            variant.name,
+                            profile_svg=svg,
+                            protocol=variant.protocol,
                         )
                     )
                     ratio = served.served_rate / ceiling.images_per_s
@@ -743,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ref": variant.ref,
                 "code": None if variant.code is None else str(variant.code),
                 "workers": workers.get(variant.name),
+                "protocol": variant.protocol,
             }
             for variant in variants
         },

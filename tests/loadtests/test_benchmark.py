@@ -1,17 +1,20 @@
 """The benchmark's variants that serve older code: by commit where there is git history, by folder
-where there is none (a GPU host receives a plain copy of the working tree)."""
+where there is none (a GPU host receives a plain copy of the working tree); and the requests of each
+protocol it measures."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from loadtests.benchmark import Variant
+from loadtests.benchmark import Variant, prepare
 from loadtests.server import ROOT
+from service.api.v2.codec import parse_infer_request
 
 
 def test_a_before_variant_by_commit_names_the_full_commit(tmp_path):
@@ -40,3 +43,16 @@ def test_a_before_variant_by_commit_in_a_copy_without_git_history_is_refused_say
 def test_a_folder_without_the_service_is_refused_as_a_before_variant(tmp_path):
     with pytest.raises(argparse.ArgumentTypeError, match="holds no service/ package"):
         Variant.parse(f"before:code={tmp_path}")
+
+
+def test_each_protocols_request_carries_the_frame_as_the_service_reads_it():
+    frame = b"\xff\xd8\xff" + bytes(range(256)) * 40
+    v1 = prepare("v1", "http://h", "m", frame)
+    assert (v1.url, v1.body, v1.headers["Content-Type"]) == ("http://h/v1/models/m/predict", frame, "image/jpeg")
+    binary = prepare("v2-binary", "http://h", "m", frame)
+    length = int(binary.headers["Inference-Header-Content-Length"])
+    parsed = parse_infer_request(binary.body, length, max_elements=10**6)
+    assert binary.url == "http://h/v2/models/m/infer" and parsed.binary_data_output
+    assert parsed.inputs[0].binary and parsed.inputs[0].data.tolist() == [frame]
+    as_json = parse_infer_request(prepare("v2-json", "http://h", "m", frame).body, None, max_elements=10**6)
+    assert base64.b64decode(as_json.inputs[0].data[0]) == frame and not as_json.inputs[0].binary
