@@ -198,12 +198,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _list(request: dict, key: str) -> list:
+    items = request[key]
+    if type(items) is not list:
+        raise MalformedRequest(f"the request's {key!r} must be a list, got {_kind(items)}")
+    return items
+
+
 def _input_headers(request: dict) -> list[_InputHeader]:
     if "inputs" not in request:
         raise MalformedRequest("the request has no 'inputs'")
-    items = request["inputs"]
-    if type(items) is not list:
-        raise MalformedRequest(f"the request's 'inputs' must be a list, got {_kind(items)}")
+    items = _list(request, "inputs")
     headers = []
     names: set[str] = set()
     for index, item in enumerate(items):
@@ -396,9 +401,7 @@ def _out_of_range(flat: list, dtype: np.dtype) -> Any:
 def _requested_outputs(request: dict) -> list[RequestedOutput] | None:
     if "outputs" not in request:
         return None
-    items = request["outputs"]
-    if type(items) is not list:
-        raise MalformedRequest(f"the request's 'outputs' must be a list, got {_kind(items)}")
+    items = _list(request, "outputs")
     outputs = []
     names: set[str] = set()
     for index, item in enumerate(items):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
+from service.manifest import OutputDecoder, Task
 from service.tasks.base import PredictionOptions
 from service.tasks.classification import samples, tensors
 from service.tasks.classification.answer import ClassificationAnswer
@@ -22,11 +22,7 @@ class ClassificationHead:
     def postprocess(self, outputs, geometry, manifest, thresholds, options) -> ClassificationAnswer:  # see TaskHead
         return postprocess_classification(outputs[0], geometry, manifest, thresholds, options.class_filter)
 
-    def read_labels(self, names, files, manifest):  # see TaskHead
-        return samples.read_classification_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> samples.ClassificationEvidence:
-        return samples.ClassificationEvidence(manifest)
-
+    read_labels = staticmethod(samples.read_classification_labels)
+    evidence = staticmethod(samples.ClassificationEvidence)
     output_specs = staticmethod(tensors.output_specs)
     output_tensors = staticmethod(tensors.output_tensors)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
+from service.manifest import OutputDecoder, Task
 from service.tasks.detection import samples, tensors
 from service.tasks.detection.answer import DetectionAnswer
 from service.tasks.detection.options import DetectionOptions
@@ -24,11 +24,7 @@ class DetectionHead:
             outputs, geometry, manifest, thresholds, options.max_detections, options.class_filter
         )
 
-    def read_labels(self, names, files, manifest):  # see TaskHead
-        return samples.read_detection_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> samples.DetectionEvidence:
-        return samples.DetectionEvidence(manifest)
-
+    read_labels = staticmethod(samples.read_detection_labels)
+    evidence = staticmethod(samples.DetectionEvidence)
     output_specs = staticmethod(tensors.output_specs)
     output_tensors = staticmethod(tensors.output_tensors)

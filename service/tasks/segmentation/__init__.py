@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
+from service.manifest import OutputDecoder, Task
 from service.tasks.segmentation import samples, tensors
 from service.tasks.segmentation.answer import SegmentationAnswer
 from service.tasks.segmentation.options import SegmentationOptions
@@ -24,11 +24,7 @@ class SegmentationHead:
             outputs[0], geometry, manifest, thresholds, options.mask_format, options.class_filter
         )
 
-    def read_labels(self, names, files, manifest):  # see TaskHead
-        return samples.read_segmentation_labels(names, files, manifest)
-
-    def evidence(self, manifest: ModelManifest) -> samples.SegmentationEvidence:
-        return samples.SegmentationEvidence(manifest)
-
+    read_labels = staticmethod(samples.read_segmentation_labels)
+    evidence = staticmethod(samples.SegmentationEvidence)
     output_specs = staticmethod(tensors.output_specs)
     output_tensors = staticmethod(tensors.output_tensors)
