@@ -85,9 +85,12 @@ class Inference:
             _count(label, call, error)
             raise error from exc
         metrics = inspection_metrics()
-        for answer in answers:
-            if isinstance(answer, InspectionError):
-                metrics.errors.labels(label, answer.code).inc()
+        failures = [answer for answer in answers if isinstance(answer, InspectionError)]
+        for failure in failures[1:] if len(failures) == len(answers) else failures:
+            metrics.errors.labels(label, failure.code).inc()
+        if len(failures) == len(answers):  # every frame failed: so does the request, with the first's error
+            _count(label, call, failures[0])
+            raise failures[0]
         metrics.request_duration.labels(label, "200", call.protocol).observe(time.perf_counter() - call.arrived_at)
         return answers
 
@@ -109,15 +112,10 @@ class Inference:
             results = await asyncio.gather(
                 *(predictor.predict(frame, options, active) for frame in frames), return_exceptions=True
             )
-        answers: list[Answer | InspectionError] = [
+        return [
             result if isinstance(result, Answer | InspectionError) else _internal(call.model, result)
             for result in results
         ]
-        if all(isinstance(answer, InspectionError) for answer in answers):
-            failed = answers[0]
-            assert isinstance(failed, InspectionError)
-            raise failed
-        return answers
 
 
 def latency_budget_s(given: str | None) -> float | None:
