@@ -7,8 +7,9 @@ predictions do); the route here declares it for the OpenAPI page and serves it i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel
 
 from service.api.v2.endpoints import (
@@ -84,6 +85,11 @@ _ERROR_TEXT = {
 }
 
 
+# Examples for the OpenAPI page and for schemathesis, which otherwise never names a served model.
+Model = Annotated[str, Path(description="A served model's name.", examples=["weld-classifier"])]
+Version = Annotated[str, Path(description="A version number.", examples=["1"])]
+
+
 def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], bool], infer: V2Inference) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -100,7 +106,7 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         return health("ready", ready())
 
     @router.get("/models/{model}", response_model=ModelMetadata, responses=_errors(404), summary="Model metadata")
-    def metadata(model: str) -> dict:
+    def metadata(model: Model) -> dict:
         return model_metadata(served_models().get(model).manifest)
 
     @router.get(
@@ -109,11 +115,11 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         responses=_errors(404),
         summary="Model metadata of one version",
     )
-    def version_metadata(model: str, version: str) -> dict:
+    def version_metadata(model: Model, version: Version) -> dict:
         return model_metadata(served_models().get(model, version_number(model, version)).manifest)
 
     @router.get("/models/{model}/ready", response_model=Ready, responses=_errors(404, 503), summary="Model ready")
-    def model_ready(model: str) -> Response:
+    def model_ready(model: Model) -> Response:
         served_models().get(model)
         return health("ready", ready())
 
@@ -123,7 +129,7 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         responses=_errors(404, 503),
         summary="Model version ready",
     )
-    def version_ready(model: str, version: str) -> Response:
+    def version_ready(model: Model, version: Version) -> Response:
         served_models().get(model, version_number(model, version))
         return health("ready", ready())
 
@@ -135,7 +141,7 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         summary="Inference",
         openapi_extra=_INFER_BODY,
     )
-    async def model_infer(model: str, request: Request) -> Response:
+    async def model_infer(model: Model, request: Request) -> Response:
         return await infer(request, model, None)
 
     @router.post(
@@ -144,7 +150,7 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         summary="Inference on one version",
         openapi_extra=_INFER_BODY,
     )
-    async def version_infer(model: str, version: str, request: Request) -> Response:
+    async def version_infer(model: Model, version: Version, request: Request) -> Response:
         return await infer(request, model, version)
 
     return router
