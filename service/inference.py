@@ -75,24 +75,29 @@ class Inference:
         try:
             answers = await self._predict(models, call)
         except InspectionError as exc:
-            _count(label, call, exc)
+            _count(label, call.protocol, exc, call.arrived_at)
             raise
         except asyncio.CancelledError:  # at the request's deadline: the adapter's limits answer 504
-            _count(label, call, TimedOut(""))
+            _count(label, call.protocol, TimedOut(""), call.arrived_at)
             raise
         except Exception as exc:
             error = _internal(label, exc)
-            _count(label, call, error)
+            _count(label, call.protocol, error, call.arrived_at)
             raise error from exc
         metrics = inspection_metrics()
         failures = [answer for answer in answers if isinstance(answer, InspectionError)]
         for failure in failures[1:] if len(failures) == len(answers) else failures:
             metrics.errors.labels(label, failure.code).inc()
         if len(failures) == len(answers):  # every frame failed: so does the request, with the first's error
-            _count(label, call, failures[0])
+            _count(label, call.protocol, failures[0], call.arrived_at)
             raise failures[0]
         metrics.request_duration.labels(label, "200", call.protocol).observe(time.perf_counter() - call.arrived_at)
         return answers
+
+    def refused(self, model: str, protocol: str, error: InspectionError, arrived_at: float) -> None:
+        """Counts a request its protocol refused before it could make a call (a malformed header), as
+        the calls' failures are counted."""
+        _count(model if model in self._served_models() else UNKNOWN_MODEL, protocol, error, arrived_at)
 
     async def _predict(self, models: ServedModels, call: PredictionCall) -> list[Answer | InspectionError]:
         budget_s = latency_budget_s(call.budget_ms)
@@ -138,9 +143,7 @@ def _internal(label: str, exc: BaseException) -> InspectionError:
     return InspectionError("the prediction failed on the server; see its log")
 
 
-def _count(label: str, call: PredictionCall, error: InspectionError) -> None:
+def _count(label: str, protocol: str, error: InspectionError, arrived_at: float) -> None:
     metrics = inspection_metrics()
     metrics.errors.labels(label, error.code).inc()
-    metrics.request_duration.labels(label, str(error.status), call.protocol).observe(
-        time.perf_counter() - call.arrived_at
-    )
+    metrics.request_duration.labels(label, str(error.status), protocol).observe(time.perf_counter() - arrived_at)

@@ -115,35 +115,40 @@ class V2Inference:
     async def __call__(self, request: Request, model: str, given_version: str | None) -> Response:
         arrived_at = time.perf_counter()
         settings = self._settings
-        sent: list[InferRequest] = []
+        sent: list[tuple[ModelManifest, InferRequest]] = []
         try:
+            version = version_number(model, given_version)
             header_length = parse_header_length(request.headers.get(INFERENCE_HEADER))
             encoding = request.headers.get("content-encoding", "identity").strip().lower()
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding {encoding} is not accepted; send the body uncompressed")
-            manifest = self._served_models().get(model, version_number(model, given_version)).manifest
+        except InspectionError as exc:
+            self._inference.refused(model, "v2", exc, arrived_at)
+            return error_response(exc, path=request.url.path)
 
-            async def read(arrived: Callable[[], object]) -> Received:
-                body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s, arrived=arrived)
-                infer = parse_infer_request(body, header_length, max_elements=settings.max_body_bytes)
-                check_outputs(infer, manifest)
-                sent.append(infer)
-                return Received(frames_of(infer), infer.parameters)
+        async def read(arrived: Callable[[], object]) -> Received:
+            manifest = self._served_models().get(model, version).manifest
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s, arrived=arrived)
+            infer = parse_infer_request(body, header_length, max_elements=settings.max_body_bytes)
+            check_outputs(infer, manifest)
+            sent.append((manifest, infer))
+            return Received(frames_of(infer), infer.parameters)
 
-            answers = await self._inference.predict(
-                PredictionCall(
-                    model=model,
-                    version=manifest.version,
-                    options=None,
-                    read_body=read,
-                    budget_ms=request.headers.get(LATENCY_BUDGET_HEADER),
-                    arrived_at=arrived_at,
-                    protocol="v2",
-                )
-            )
-            return infer_response(manifest, sent[0], answers)
+        call = PredictionCall(
+            model=model,
+            version=version,
+            options=None,
+            read_body=read,
+            budget_ms=request.headers.get(LATENCY_BUDGET_HEADER),
+            arrived_at=arrived_at,
+            protocol="v2",
+        )
+        try:
+            answers = await self._inference.predict(call)
         except InspectionError as exc:
             return error_response(exc, path=request.url.path)
+        manifest, infer = sent[0]
+        return infer_response(manifest, infer, answers)
 
 
 def check_outputs(infer: InferRequest, manifest: ModelManifest) -> None:

@@ -332,7 +332,8 @@ def test_v2_requests_are_counted_by_model_status_and_protocol(server, client):
     ok, bad = count("200"), count("400")
     client.infer(CLASSIFIER, [images_input([frame(3_600, CLASSIFIER)[1]])])
     infer_raw(server, _request([{**_IMAGES, "data": ["%%%"]}]))
-    assert (count("200"), count("400")) == (ok + 1, bad + 1)
+    infer_raw(server, _request([_IMAGES]), **{"Inference-Header-Content-Length": "x"})  # refused before the core
+    assert (count("200"), count("400")) == (ok + 1, bad + 2)
 
 
 def test_pixels_given_as_json_numbers_answer_as_the_same_png(server):
