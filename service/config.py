@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     model_store: Path = Field(default=PROJECT_ROOT / "model_store", description="Model store root folder.")
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated models to serve (NAME or NAME:VERSION); empty means all, each at its latest.",
+        description="Comma-separated models to serve (NAME or NAME:VERSION); empty means all, each at its latest. "
+        "Several versions of a model load together, the first listed active.",
     )
     provider: Provider = Provider.AUTO
     workers: int | None = Field(

@@ -44,6 +44,7 @@ class InspectionMetrics:
     defects: Any
     errors: Any
     model_info: Any
+    active_version: Any
     thresholds_revision: Any
     threshold_changes: Any
 
@@ -78,6 +79,12 @@ def inspection_metrics() -> InspectionMetrics:
             "Served model version and execution provider (value 1).",
             ["model", "version", "task", "provider"],
             multiprocess_mode="max",
+        ),
+        active_version=Gauge(
+            "inspection_active_version",
+            "The version of each model that answers requests naming none.",
+            ["model"],
+            multiprocess_mode="mostrecent",
         ),
         thresholds_revision=Gauge(
             "inspection_thresholds_revision",

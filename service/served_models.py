@@ -1,4 +1,10 @@
-"""The models this worker serves: loaded from the model store at start-up."""
+"""The models this worker serves: loaded from the model store at start-up.
+
+A model may have several versions loaded (`INSPECTION_MODELS=weld-classifier:2,weld-classifier:1`):
+the first listed is its active version, which answers requests that name none; the others answer
+requests that name them (the Open Inference Protocol's `/v2/models/{model}/versions/{version}`).
+Every loaded version of a model has its task and defect classes, since they share its thresholds.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class ServedModels:
-    def __init__(self, predictors: dict[str, Predictor], thresholds: ThresholdStore, pool: ThreadPoolExecutor):
-        self._predictors = predictors
+    def __init__(
+        self, versions: dict[str, dict[int, Predictor]], thresholds: ThresholdStore, pool: ThreadPoolExecutor
+    ) -> None:
+        """`versions`: per model, its loaded versions, the active one first."""
+        self._versions = versions
+        self._active = {name: next(iter(loaded)) for name, loaded in versions.items()}
         self.thresholds = thresholds
         self._pool = pool
 
@@ -51,16 +61,20 @@ class ServedModels:
         thresholds = thresholds or ThresholdStore.from_settings(settings)
         metrics = inspection_metrics()
         runtime = RuntimeOptions.from_settings(settings)
-        predictors: dict[str, Predictor] = {}
+        versions: dict[str, dict[int, Predictor]] = {}
         for model in configured_versions(settings):
             manifest = model.manifest
             name = manifest.name
             session = open_session(model, settings, runtime)
             # Before the worker says it is ready: first runs pay for kernel searches and engine builds.
             warm_up_s = session.warm_up()
-            predictors[name] = Predictor(model, session, settings, pool)
+            loaded = versions.setdefault(name, {})
+            active = not loaded  # the first listed version of a model is its active one
+            loaded[manifest.version] = Predictor(model, session, settings, pool)
             metrics.model_info.labels(name, str(manifest.version), manifest.task.value, session.provider).set(1)
-            metrics.thresholds_revision.labels(name).set(thresholds.active(manifest).revision)
+            if active:
+                metrics.active_version.labels(name).set(manifest.version)
+                metrics.thresholds_revision.labels(name).set(thresholds.active(manifest).revision)
             log.info(
                 "serving %s (%s) on %s, batch sizes %s, warmed up in %.2f s",
                 manifest.ref,
@@ -69,30 +83,40 @@ class ServedModels:
                 ", ".join(map(str, session.batch_sizes or ("any",))),
                 warm_up_s,
             )
-        return cls(predictors, thresholds, pool)
+        return cls(versions, thresholds, pool)
 
     def get(self, name: str, version: int | None = None) -> Predictor:
-        """The model's predictor; with `version`, only when that is the version loaded (404 if not)."""
+        """The model's active version; with `version`, that version when it is loaded (404 if not)."""
         try:
-            predictor = self._predictors[name]
+            loaded = self._versions[name]
         except KeyError:
-            known = ", ".join(sorted(self._predictors))
+            known = ", ".join(sorted(self._versions))
             raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
-        if version is not None and version != predictor.manifest.version:
+        if version is None:
+            return loaded[self._active[name]]
+        try:
+            return loaded[version]
+        except KeyError:
+            shown = ", ".join(map(str, sorted(loaded)))
             raise UnknownModel(
-                f"version {version} of {name} is not loaded; the version served is {predictor.manifest.version}"
-            )
-        return predictor
+                f"version {version} of {name} is not loaded; loaded: {shown} (active: {self._active[name]})"
+            ) from None
+
+    def versions(self, name: str) -> list[int]:
+        """The model's loaded versions, in order."""
+        self.get(name)  # 404 for a model not served
+        return sorted(self._versions[name])
 
     def __contains__(self, name: str) -> bool:
-        return name in self._predictors
+        return name in self._versions
 
     def names(self) -> list[str]:
-        return sorted(self._predictors)
+        return sorted(self._versions)
 
     def close(self) -> None:
-        for predictor in self._predictors.values():
-            predictor.close()
+        for loaded in self._versions.values():
+            for predictor in loaded.values():
+                predictor.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.thresholds.close()
 
@@ -124,8 +148,24 @@ def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOption
 
 
 def configured_versions(settings: Settings) -> list[ModelVersion]:
-    """The model versions to serve: those named in settings, else every model at its latest."""
+    """The model versions to serve: those named in settings (the first of each model its active one),
+    else every model at its latest. Several versions of one model must share its task and defect classes."""
     refs = settings.models or model_names(settings.model_store)
     if not refs:
         raise ModelStoreError(f"no models in {settings.model_store}; run `python -m export demo` to make some")
-    return [load_version(settings.model_store, *parse_ref(ref)) for ref in refs]
+    found = [load_version(settings.model_store, *parse_ref(ref)) for ref in refs]
+    first: dict[str, ModelVersion] = {}
+    seen: set[str] = set()
+    for model in found:
+        manifest = model.manifest
+        if manifest.ref in seen:
+            raise ModelStoreError(f"{manifest.ref} is named twice in INSPECTION_MODELS")
+        seen.add(manifest.ref)
+        active = first.setdefault(manifest.name, model).manifest
+        if (manifest.task, manifest.defect_classes) != (active.task, active.defect_classes):
+            raise ModelStoreError(
+                f"{manifest.ref} cannot be loaded beside {active.ref}: a model's versions share its thresholds, "
+                f"so they need one task and the same defect classes ({manifest.task} {manifest.defect_classes} "
+                f"against {active.task} {active.defect_classes})"
+            )
+    return found

@@ -115,6 +115,7 @@ def describe(models: ServedModels, name: str) -> ModelDescription:
     return ModelDescription(
         name=manifest.name,
         version=manifest.version,
+        loaded_versions=models.versions(name),
         task=manifest.task.value,
         classes=manifest.classes,
         background_class=manifest.background_class,

@@ -27,7 +27,8 @@ class ThresholdsView(BaseModel):
 
 class ModelDescription(BaseModel):
     name: str
-    version: int
+    version: int = Field(description="The active version: the one that answers requests naming none.")
+    loaded_versions: list[int] = Field(description="Every version loaded, the active one included.", examples=[[1, 2]])
     task: str
     classes: list[str]
     background_class: str | None

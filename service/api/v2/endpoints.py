@@ -72,15 +72,15 @@ def server_metadata() -> dict:
     return {"name": SERVER_NAME, "version": release, "extensions": ["binary_tensor_data"]}
 
 
-def model_metadata(manifest: ModelManifest) -> dict:
-    """A model's inputs and outputs, each with its datatype and shape (-1: varies)."""
+def model_metadata(manifest: ModelManifest, versions: list[int]) -> dict:
+    """A model's loaded versions, inputs and outputs, each with its datatype and shape (-1: varies)."""
     inputs = [
         TensorSpec(name=IMAGES, datatype="BYTES", shape=[-1]),
         TensorSpec(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, manifest.input.channels]),
     ]
     return {
         "name": manifest.name,
-        "versions": [str(manifest.version)],
+        "versions": [str(version) for version in versions],
         "platform": PLATFORM,
         "inputs": [spec.model_dump() for spec in inputs],
         "outputs": [spec.model_dump() for spec in output_specs(manifest)],

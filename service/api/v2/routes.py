@@ -107,7 +107,8 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
 
     @router.get("/models/{model}", response_model=ModelMetadata, responses=_errors(404), summary="Model metadata")
     def metadata(model: Model) -> dict:
-        return model_metadata(served_models().get(model).manifest)
+        models = served_models()
+        return model_metadata(models.get(model).manifest, models.versions(model))
 
     @router.get(
         "/models/{model}/versions/{version}",
@@ -116,7 +117,8 @@ def v2_router(served_models: Callable[[], ServedModels], ready: Callable[[], boo
         summary="Model metadata of one version",
     )
     def version_metadata(model: Model, version: Version) -> dict:
-        return model_metadata(served_models().get(model, version_number(model, version)).manifest)
+        models = served_models()
+        return model_metadata(models.get(model, version_number(model, version)).manifest, models.versions(model))
 
     @router.get("/models/{model}/ready", response_model=Ready, responses=_errors(404, 503), summary="Model ready")
     def model_ready(model: Model) -> Response:
