@@ -46,17 +46,16 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
-    inspect,
     select,
 )
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
+from service.revisions import create_tables, history_query
 from service.tasks import HEADS
 from service.thresholds.rules import ThresholdSet, check_thresholds, is_threshold
 
@@ -132,6 +131,11 @@ class ThresholdStore:
         self._read_at_commit: dict[str, int] = {}
         self._unreachable = False  # log an outage once, not once per prediction
 
+    @property
+    def engine(self) -> Engine:
+        """The database's engine, shared with the other state kept beside the thresholds (`service.lifecycle`)."""
+        return self._engine
+
     @classmethod
     def open(cls, url: str) -> ThresholdStore:
         """Connect (creating the SQLite file and the table when missing)."""
@@ -148,7 +152,7 @@ class ThresholdStore:
             engine = create_engine(parsed, pool_pre_ping=True)
             commits = None
         try:
-            _create_table(engine)
+            create_tables(engine, [revisions])
         except SQLAlchemyError as exc:
             engine.dispose()
             shown = parsed.render_as_string(hide_password=True)
@@ -214,12 +218,8 @@ class ThresholdStore:
 
     def history(self, model: str, limit: int = 50, before: int | None = None) -> list[ThresholdRevision]:
         """Revisions of `model`, newest first: at most `limit`, only those older than `before` if given."""
-        query = select(revisions).where(revisions.c.model == model)
-        if before is not None:
-            query = query.where(revisions.c.revision < before)
-        query = query.order_by(revisions.c.revision.desc()).limit(limit)
         with self._engine.connect() as conn:
-            return [_revision(row) for row in conn.execute(query).mappings()]
+            return [_revision(row) for row in conn.execute(history_query(revisions, model, limit, before)).mappings()]
 
     def revision(self, model: str, number: int) -> ThresholdRevision | None:
         query = select(revisions).where(revisions.c.model == model, revisions.c.revision == number)
@@ -469,13 +469,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
-
-
-def _create_table(engine: Engine) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(CreateTable(revisions, if_not_exists=True))
-    except DBAPIError:
-        # Workers and replicas start together; PostgreSQL can refuse a racing CREATE even with IF NOT EXISTS.
-        if not inspect(engine).has_table(revisions.name):
-            raise

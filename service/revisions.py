@@ -1,0 +1,45 @@
+"""What the state kept as numbered revisions shares (thresholds, model versions): one table of rows keyed
+by (model, revision), created by whichever worker or replica comes first, read newest first in pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from sqlalchemy import Select, Table, inspect, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateTable
+
+
+def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
+    """Create the tables that are missing."""
+    for table in tables:
+        try:
+            with engine.begin() as conn:
+                conn.execute(CreateTable(table, if_not_exists=True))
+        except DBAPIError:
+            # Workers and replicas start together; PostgreSQL can refuse a racing CREATE even with IF NOT EXISTS.
+            if not inspect(engine).has_table(table.name):
+                raise
+
+
+def history_query(table: Table, model: str, limit: int, before: int | None) -> Select:
+    """Revisions of `model`, newest first: at most `limit`, only those older than `before` if given."""
+    query = select(table).where(table.c.model == model)
+    if before is not None:
+        query = query.where(table.c.revision < before)
+    return query.order_by(table.c.revision.desc()).limit(limit)
+
+
+class Numbered(Protocol):
+    revision: int
+
+
+Revision = TypeVar("Revision", bound=Numbered)
+
+
+def page_of(revisions: list[Revision], limit: int) -> tuple[list[Revision], int | None]:
+    """`revisions` read with `limit + 1` -> (the page of `limit`, the `before` of the next page or None)."""
+    page = revisions[:limit]
+    return page, page[-1].revision if len(revisions) > limit else None
