@@ -152,7 +152,13 @@ class Settings(BaseSettings):
         "empty means SQLite at <state_dir>/thresholds.db, shared by the workers on this host.",
     )
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token for threshold changes; without one, changes are refused."
+        default=None,
+        description="Bearer token for threshold and model version changes; without one, changes are refused.",
+    )
+    activate_new_versions: bool = Field(
+        default=False,
+        description="A version newer than any a model has had, appearing in the model store, goes live by itself "
+        "once it loads and warms up (unless the model is pinned).",
     )
     max_sweep_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1024, description="Largest sample archive for a threshold sweep, zipped or not."

@@ -59,6 +59,12 @@ class Conflict(InspectionError):
     status, code = 409, "conflict"
 
 
+class VersionRefused(InspectionError):
+    """A model version that cannot go live (it fails to load, or the model's thresholds cannot follow it)."""
+
+    status, code = 422, "version_refused"
+
+
 class PayloadTooLarge(InspectionError):
     status, code = 413, "payload_too_large"
 

@@ -20,6 +20,7 @@ from service.api.app import create_app
 from service.api.contract import PlainErrorsAsJson
 from service.api.predictions import DirectPredictions
 from service.config import get_settings
+from service.lifecycle.watcher import VersionWatcher, server_identity
 from service.listening import bind_in_this_worker, bind_server_socket_for_workers, listeners, worker_argument
 from service.served_models import ServedModels
 
@@ -91,6 +92,15 @@ class InspectionService:
     def __init__(self) -> None:
         die_with_server()
         self.models = ServedModels.load(settings)
+        # Before the worker listens: it serves the versions the database says are active from its first request.
+        self.watcher = VersionWatcher(
+            self.models,
+            self.models.lifecycle,
+            server_identity(),
+            os.getpid(),
+            new_versions_from=settings.model_store if settings.activate_new_versions else None,
+        )
+        self.watcher.start()
         if settings.freeze_startup_heap:
             # What start-up loaded (libraries, app, sessions) lives as long as the worker. Frozen, it is
             # skipped by Python's full collections, which otherwise stall the whole worker 50-150 ms.
@@ -108,6 +118,7 @@ class InspectionService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self.watcher.stop()
         self.models.close()
 
 

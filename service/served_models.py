@@ -9,10 +9,12 @@ Every loaded version of a model has its task and defect classes, since they shar
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from service.config import Settings
-from service.errors import UnknownModel
+from service.errors import UnknownModel, VersionRefused
+from service.lifecycle.store import VersionStore
 from service.metrics import inspection_metrics
 from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
 from service.pipeline.predictor import Predictor
@@ -25,13 +27,23 @@ log = logging.getLogger(__name__)
 
 class ServedModels:
     def __init__(
-        self, versions: dict[str, dict[int, Predictor]], thresholds: ThresholdStore, pool: ThreadPoolExecutor
+        self,
+        versions: dict[str, dict[int, Predictor]],
+        thresholds: ThresholdStore,
+        pool: ThreadPoolExecutor,
+        settings: Settings | None = None,
     ) -> None:
         """`versions`: per model, its loaded versions, the active one first."""
+        # Replaced whole, never changed in place: a request reads them without a lock while a version
+        # is loaded or switched to in another thread.
         self._versions = versions
         self._active = {name: next(iter(loaded)) for name, loaded in versions.items()}
         self.thresholds = thresholds
         self._pool = pool
+        self._settings = settings
+        self._loading = threading.Lock()  # one version loads at a time in a worker
+        # Which version of each model is active, kept beside the thresholds (`service.lifecycle`).
+        self.lifecycle = VersionStore(thresholds.engine)
 
     @staticmethod
     def preflight(settings: Settings) -> None:
@@ -59,31 +71,13 @@ class ServedModels:
         """Open a session for every configured model; any problem stops the start-up with a clear message."""
         pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         thresholds = thresholds or ThresholdStore.from_settings(settings)
-        metrics = inspection_metrics()
-        runtime = RuntimeOptions.from_settings(settings)
         versions: dict[str, dict[int, Predictor]] = {}
         for model in configured_versions(settings):
-            manifest = model.manifest
-            name = manifest.name
-            session = open_session(model, settings, runtime)
-            # Before the worker says it is ready: first runs pay for kernel searches and engine builds.
-            warm_up_s = session.warm_up()
-            loaded = versions.setdefault(name, {})
-            active = not loaded  # the first listed version of a model is its active one
-            loaded[manifest.version] = Predictor(model, session, settings, pool)
-            metrics.model_info.labels(name, str(manifest.version), manifest.task.value, session.provider).set(1)
-            if active:
-                metrics.active_version.labels(name).set(manifest.version)
-                metrics.thresholds_revision.labels(name).set(thresholds.active(manifest).revision)
-            log.info(
-                "serving %s (%s) on %s, batch sizes %s, warmed up in %.2f s",
-                manifest.ref,
-                manifest.task.value,
-                session.provider,
-                ", ".join(map(str, session.batch_sizes or ("any",))),
-                warm_up_s,
-            )
-        return cls(versions, thresholds, pool)
+            versions.setdefault(model.manifest.name, {})[model.manifest.version] = _open(model, settings, pool)
+        served = cls(versions, thresholds, pool, settings)
+        for name in served.names():
+            served._show_active(name)
+        return served
 
     def get(self, name: str, version: int | None = None) -> Predictor:
         """The model's active version; with `version`, that version when it is loaded (404 if not)."""
@@ -107,6 +101,58 @@ class ServedModels:
         self.get(name)  # 404 for a model not served
         return sorted(self._versions[name])
 
+    def active_version(self, name: str) -> int:
+        return self.get(name).manifest.version
+
+    def load_version(self, name: str, version: int) -> Predictor:
+        """`version` of a served model loaded and warmed up beside the others (blocking: call it off the
+        event loop), or the one already loaded. Refused (`VersionRefused`) when it cannot go live: not in the
+        store, a manifest its graph does not follow, a session that fails or runs on another provider,
+        or classes the model's thresholds cannot follow; nothing of it stays loaded then."""
+        if self._settings is None:
+            raise RuntimeError("these models were not loaded from settings; they cannot load more")
+        with self._loading:
+            loaded = self._versions.get(name)
+            if loaded is None:
+                self.get(name)  # 404
+            if version in loaded:
+                return loaded[version]
+            active = self.get(name).manifest
+            try:
+                model = load_version(self._settings.model_store, name, version)
+            except ModelStoreError as exc:
+                raise VersionRefused(f"{name}:{version} cannot go live: {exc}") from None
+            manifest = model.manifest
+            if (manifest.task, manifest.defect_classes) != (active.task, active.defect_classes):
+                raise VersionRefused(
+                    f"{manifest.ref} cannot go live: its thresholds would not follow. It is a {manifest.task} model "
+                    f"with defect classes {manifest.defect_classes}; {active.ref} is a {active.task} model with "
+                    f"{active.defect_classes}, and a model's versions share its thresholds"
+                )
+            try:
+                predictor = _open(model, self._settings, self._pool, "loaded")
+            except Exception as exc:  # whatever the graph or the provider says: the version is refused
+                log.warning("%s refused: %s", manifest.ref, exc)
+                raise VersionRefused(f"{manifest.ref} cannot go live: it failed to load or warm up: {exc}") from None
+            self._versions = {**self._versions, name: {**loaded, version: predictor}}
+            return predictor
+
+    def switch(self, name: str, version: int) -> None:
+        """Make a loaded version the one that answers requests naming none; requests under way finish
+        on the version they started with."""
+        if version not in self._versions[name]:
+            raise RuntimeError(f"{name}:{version} is not loaded; load it first")
+        if self._active[name] != version:
+            self._active = {**self._active, name: version}
+            log.info("%s:%d is now active", name, version)
+        self._show_active(name)
+
+    def _show_active(self, name: str) -> None:
+        metrics = inspection_metrics()
+        manifest = self.get(name).manifest
+        metrics.active_version.labels(name).set(manifest.version)
+        metrics.thresholds_revision.labels(name).set(self.thresholds.active(manifest).revision)
+
     def __contains__(self, name: str) -> bool:
         return name in self._versions
 
@@ -119,6 +165,27 @@ class ServedModels:
                 predictor.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.thresholds.close()
+
+
+def _open(model: ModelVersion, settings: Settings, pool: ThreadPoolExecutor, verb: str = "serving") -> Predictor:
+    """A model version's predictor, its session warmed up; `verb` says so in the log."""
+    manifest = model.manifest
+    session = open_session(model, settings, RuntimeOptions.from_settings(settings))
+    # Before it answers anything: first runs pay for kernel searches and engine builds.
+    warm_up_s = session.warm_up()
+    inspection_metrics().model_info.labels(
+        manifest.name, str(manifest.version), manifest.task.value, session.provider
+    ).set(1)
+    log.info(
+        "%s %s (%s) on %s, batch sizes %s, warmed up in %.2f s",
+        verb,
+        manifest.ref,
+        manifest.task.value,
+        session.provider,
+        ", ".join(map(str, session.batch_sizes or ("any",))),
+        warm_up_s,
+    )
+    return Predictor(model, session, settings, pool)
 
 
 def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOptions) -> InferenceSession:

@@ -24,6 +24,7 @@ from service.api.schemas import ErrorResponse, ModelDescription, ModelList, Thre
 from service.api.thresholds import thresholds_router
 from service.api.v2.endpoints import V2Inference, infer_target
 from service.api.v2.routes import v2_router
+from service.api.versions import versions_router
 from service.config import Settings
 from service.errors import (
     InspectionError,
@@ -207,6 +208,7 @@ def create_app(
         return await predictions(request, model)
 
     app.include_router(thresholds_router(settings, served_models))
+    app.include_router(versions_router(settings, served_models))
     app.include_router(v2_router(served_models, ready, v2_infer))
 
     # Last, so that every route above comes first. A path under /v1/ or /v2/ that no route takes

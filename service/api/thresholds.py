@@ -34,6 +34,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.revisions import page_of
 from service.served_models import ServedModels
 from service.tasks import Answer, head_for
 from service.thresholds.report import SweepReport
@@ -94,7 +95,9 @@ class ThresholdHistory(BaseModel):
     )
 
 
-class _Write(BaseModel):
+class AuditedChange(BaseModel):
+    """What every change of state carries: who, why, and the revision it is based on."""
+
     model_config = ConfigDict(extra="forbid")
 
     author: str = Field(min_length=1, max_length=200, description="Who makes the change.", examples=["j.moreau"])
@@ -110,7 +113,7 @@ class _Write(BaseModel):
     )
 
 
-class ThresholdChange(_Write):
+class ThresholdChange(AuditedChange):
     thresholds: dict[str, ThresholdValue] = Field(
         default_factory=dict,
         description="New thresholds, 0 to 1, for some or all defect classes; the others keep their value.",
@@ -119,8 +122,27 @@ class ThresholdChange(_Write):
     nms_iou: ThresholdValue | None = Field(default=None, description="Detectors: a new NMS IoU.")
 
 
-class ThresholdRollback(_Write):
+class ThresholdRollback(AuditedChange):
     to_revision: RevisionNumber = Field(description="The earlier revision whose values come back.", examples=[1])
+
+
+def admin_only(settings: Settings, what: str) -> Callable[..., None]:
+    """A route dependency: the request carries the admin token (`INSPECTION_ADMIN_TOKEN`); `what` names
+    the changes it guards in the refusals."""
+
+    def writer(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+        expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        if not expected:
+            raise Forbidden(
+                f"{what} are disabled on this server: set INSPECTION_ADMIN_TOKEN to a secret "
+                "in the service's environment and restart it, then send `Authorization: Bearer <token>`"
+            )
+        if credentials is None:
+            raise Unauthorized(f"{what} need `Authorization: Bearer <token>` (the INSPECTION_ADMIN_TOKEN)")
+        if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise Unauthorized("wrong bearer token")
+
+    return writer
 
 
 def thresholds_router(settings: Settings, served_models: Callable[[], ServedModels]) -> APIRouter:
@@ -128,17 +150,7 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
 
     # Database routes are plain functions: FastAPI runs them in its thread pool, off the event loop
     # that carries the predictions.
-    def writer(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-        expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
-        if not expected:
-            raise Forbidden(
-                "threshold changes are disabled on this server: set INSPECTION_ADMIN_TOKEN to a secret "
-                "in the service's environment and restart it, then send `Authorization: Bearer <token>`"
-            )
-        if credentials is None:
-            raise Unauthorized("threshold changes need `Authorization: Bearer <token>` (the INSPECTION_ADMIN_TOKEN)")
-        if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
-            raise Unauthorized("wrong bearer token")
+    writer = admin_only(settings, "threshold changes")
 
     @router.get("", response_model=ThresholdRevisionView, responses=_errors(404), summary="Active thresholds")
     def read(model: str) -> ThresholdRevisionView:
@@ -174,13 +186,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
     ) -> ThresholdHistory:
         models = served_models()
         name = models.get(model).manifest.name
-        page = models.thresholds.history(name, limit=limit + 1, before=before)
-        more = len(page) > limit
-        page = page[:limit]
+        page, next_before = page_of(models.thresholds.history(name, limit=limit + 1, before=before), limit)
         return ThresholdHistory(
-            model=name,
-            revisions=[ThresholdRevisionView.model_validate(r) for r in page],
-            next_before=page[-1].revision if more else None,
+            model=name, revisions=[ThresholdRevisionView.model_validate(r) for r in page], next_before=next_before
         )
 
     @router.post(

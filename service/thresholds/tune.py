@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from service.api.refusals import refusal
 from service.manifest import ModelManifest
 from service.tasks import ANSWERS, Answer, head_for
 from service.thresholds.rules import parse_class_values
@@ -198,15 +199,7 @@ def plot(report: TuningReport, path: Path) -> None:
 def _ok(response: httpx.Response, what: str = "") -> dict[str, Any]:
     if response.status_code == 200:
         return response.json()
-    try:
-        error = response.json()["error"]
-        message = f"{error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
-    prefix = f"{what}: " if what else ""
-    raise TuneError(
-        f"{prefix}{response.request.method} {response.request.url.path} answered {response.status_code}, {message}"
-    )
+    raise TuneError(f"{what}: {refusal(response)}" if what else refusal(response))
 
 
 def _target(text: str) -> tuple[str, float]:

@@ -1,0 +1,133 @@
+"""Every worker follows the active versions recorded in the database.
+
+A change of active version (an activation, a rollback) is written once, by the worker that took the
+request; every worker of every server on that database polls the newest revision numbers a few times
+a second (one cheap query), and on a change loads the version now active beside the others (off the
+request path, in this thread: a load never holds up a request), then switches to it and reports the
+switch, which the activation's answer waits for. A worker that starts follows the database from its
+first request on; one that cannot load a version keeps serving the one it has, and says why once.
+
+With `INSPECTION_ACTIVATE_NEW_VERSIONS`, a version newer than any the model has had that appears in
+the model store (an export writes it whole, at once) goes live by itself once it loads and warms up,
+unless the model is pinned: every worker tries, the database keeps the first activation, and a
+version that cannot go live is refused once and left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from service.errors import Conflict, InvalidParameters, VersionRefused
+from service.lifecycle.store import VersionStore
+from service.model_store import version_numbers
+from service.served_models import ServedModels
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25
+# Who activates a version that appeared in the model store, in the history.
+NEW_VERSION_AUTHOR = "model store"
+
+
+def server_identity() -> str:
+    """This server, as the switches of its workers are recorded: every worker of one `bentoml serve`
+    shares its host and its parent process."""
+    return f"{socket.gethostname()}:{os.getppid()}"
+
+
+class VersionWatcher:
+    def __init__(
+        self,
+        models: ServedModels,
+        store: VersionStore,
+        server: str,
+        worker: int,
+        poll_s: float = POLL_S,
+        new_versions_from: Path | None = None,
+    ) -> None:
+        """`new_versions_from`: the model store whose new versions go live by themselves (None: none do)."""
+        self._models = models
+        self._new_versions_from = new_versions_from
+        self._refused: set[tuple[str, int]] = set()
+        self._store = store
+        self._server = server
+        self._worker = worker
+        self._poll_s = poll_s
+        self._seen: dict[str, int] = {}  # model -> the revision this worker has followed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def follow(self) -> None:
+        """Load and switch to every model's active version where its revision changed since the last look."""
+        newest = self._store.newest_revisions()
+        for name in self._models.names():
+            if name in self._seen and newest.get(name) == self._seen[name]:
+                continue
+            current = self._store.current(name, self._models.active_version(name))
+            try:
+                self._models.load_version(name, current.version)
+            except VersionRefused as exc:
+                log.error("%s revision %d: keeping version %d: %s", name, current.revision, self._active(name), exc)
+            else:
+                self._models.switch(name, current.version)
+                self._store.report_switch(self._server, self._worker, name, current.version)
+            self._seen[name] = current.revision
+
+    def activate_new(self) -> None:
+        """Activate, on the database, each model's newest stored version when it is newer than any the
+        model has had and the model is not pinned."""
+        if self._new_versions_from is None:
+            return
+        for name in self._models.names():
+            newest = max(version_numbers(self._new_versions_from / name), default=0)
+            active = self._models.active_version(name)
+            if newest <= active or (name, newest) in self._refused:
+                continue
+            current = self._store.current(name, active)
+            if current.pinned or newest <= max(r.version for r in self._store.history(name, limit=1000)):
+                continue
+            try:
+                self._models.load_version(name, newest)
+                self._store.activate(
+                    name,
+                    newest,
+                    author=NEW_VERSION_AUTHOR,
+                    reason=f"version {newest} appeared in the model store",
+                    expected_revision=current.revision,
+                )
+            except VersionRefused as exc:
+                self._refused.add((name, newest))
+                log.error("%s:%d did not go live by itself: %s", name, newest, exc)
+            except (Conflict, InvalidParameters):
+                pass  # another worker or server activated it first, or something else changed: look again
+
+    def start(self) -> None:
+        """Follow once now, then in a thread every `poll_s` until `stop`."""
+        self.follow()
+        self._thread = threading.Thread(target=self._run, name="version-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                self.activate_new()
+                self.follow()
+            except Exception:  # the database away, say: keep serving what is loaded, try again
+                if not self._failing:
+                    log.exception("cannot read the active model versions; serving the versions loaded")
+                self._failing = True
+            else:
+                self._failing = False
+
+    def _active(self, name: str) -> int:
+        return self._models.active_version(name)

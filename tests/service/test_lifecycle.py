@@ -1,0 +1,196 @@
+"""Model versions go live at run time on a real server of two workers: activated, rolled back, pinned,
+with cameras posting all along; versions that cannot go live are refused while the active one serves."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from export.synthetic import encode_image, generate_weld
+from service.lifecycle.cli import main as versions_cli
+from tests.conftest import running_server
+from tests.service.test_versions import CLASSIFIER, add_version
+
+TOKEN = "lifecycle-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    for version in (1, 2, 3):
+        add_version(root, version)
+    broken = root / CLASSIFIER / "3" / "model.onnx"
+    broken.write_bytes(broken.read_bytes()[:5000])  # a graph cut short: it cannot load
+    add_version(root, 4, rename={"crack": "fissure"})  # classes the thresholds cannot follow
+    return root
+
+
+class Cameras:
+    """`count` cameras posting the same frame back to back, each on its own keep-alive connection."""
+
+    def __init__(self, url: str, frame: bytes, count: int = 2) -> None:
+        self.answers: list[dict] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(url, frame)) for _ in range(count)]
+
+    def _run(self, url: str, frame: bytes) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not self._stop.is_set():
+                response = client.post(
+                    f"/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+                )
+                if response.status_code == 200:
+                    self.answers.append(response.json())
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+    def __enter__(self) -> Cameras:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_versions_switch_on_every_worker_under_load_and_broken_ones_are_refused(store, tmp_path):
+    frame = encode_image(generate_weld(4_200, 640, 480, label="crack").image)
+    with running_server(tmp_path, workers=2, admin_token=TOKEN, model_store=store, models=f"{CLASSIFIER}:1") as server:
+        url = f"{server.url}/v1/models/{CLASSIFIER}/versions"
+
+        def answered_versions(count: int = 12) -> set[int]:
+            """The versions that answer `count` requests, each on a new connection (so both workers answer)."""
+            return {
+                httpx.post(
+                    f"{server.url}/v1/models/{CLASSIFIER}/predict",
+                    content=frame,
+                    headers={"Content-Type": "image/jpeg"},
+                ).json()["model_version"]
+                for _ in range(count)
+            }
+
+        def change(route: str, **body) -> httpx.Response:
+            revision = httpx.get(url).json()["revision"]
+            return httpx.post(
+                f"{url}/{route}",
+                json={"author": "a.lindqvist", "reason": f"{route} in a test", "expected_revision": revision, **body},
+                headers=AUTH,
+                timeout=60,
+            )
+
+        state = httpx.get(url).json()
+        assert (state["active"], state["loaded"], state["in_store"]) == (1, [1], [1, 2, 3, 4])
+        with Cameras(server.url, frame) as cameras:
+            time.sleep(0.5)
+            for cycle in range(5):
+                started = time.monotonic()
+                activated = change("activate", version=2)
+                assert activated.status_code == 200, activated.text
+                body = activated.json()
+                assert body["kind"] == "activate" and body["version"] == 2
+                assert len(body["workers_switched"]) == 2 and body["all_switched_at"] is not None
+                assert time.monotonic() - started < 1.0 or cycle == 0  # the first pays for loading version 2
+                assert answered_versions() == {2}
+                rolled = change("rollback")
+                assert rolled.status_code == 200, rolled.text
+                assert rolled.json()["version"] == 1 and rolled.json()["all_switched_at"] is not None
+                assert answered_versions() == {1}
+            for version, says in ((3, "failed to load"), (4, "thresholds would not follow")):
+                refused = change("activate", version=version)
+                assert refused.status_code == 422, refused.text
+                assert (
+                    refused.json()["error"]["code"] == "version_refused" and says in refused.json()["error"]["message"]
+                )
+                assert answered_versions() == {1}
+            time.sleep(0.3)
+        assert cameras.failures == []
+        assert len(cameras.answers) > 20
+        reference = {key: value for key, value in cameras.answers[0].items() if key != "model_version"}
+        # Same graph in both versions: every answer is the same but for the version it names.
+        assert {a["model_version"] for a in cameras.answers} == {1, 2}
+        assert all({k: v for k, v in a.items() if k != "model_version"} == reference for a in cameras.answers)
+
+        history = httpx.get(f"{url}/history").json()["revisions"]
+        assert [(r["kind"], r["version"]) for r in history[:2]] == [("rollback", 1), ("activate", 2)]
+        assert history[-1]["kind"] == "initial" and len(history) == 11
+        pinned = change("pin", pinned=True)
+        assert pinned.status_code == 200 and pinned.json()["pinned"] is True
+        assert httpx.get(url).json()["pinned"] is True
+        stale = httpx.post(
+            f"{url}/activate",
+            json={"version": 2, "author": "b", "reason": "stale", "expected_revision": 1},
+            headers=AUTH,
+        )
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "conflict"
+        unauthorised = httpx.post(
+            f"{url}/activate", json={"version": 2, "author": "b", "reason": "r", "expected_revision": 12}
+        )
+        assert unauthorised.status_code == 401
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'inspection_active_version{{model="{CLASSIFIER}"}} 1.0' in metrics
+
+
+def test_a_new_export_goes_live_by_itself_when_asked_unless_the_model_is_pinned(tmp_path, capsys):
+    store = tmp_path / "store"
+    add_version(store, 1)
+    frame = encode_image(generate_weld(4_300, 640, 480, label="crack").image)
+
+    def publish(version: int) -> None:
+        """A version written whole, then moved into the store at once, as an export writes one."""
+        staging = tmp_path / "staging"
+        add_version(staging, version)
+        (staging / CLASSIFIER / str(version)).rename(store / CLASSIFIER / str(version))
+
+    def served_version() -> int:
+        return httpx.post(
+            f"{server.url}/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+        ).json()["model_version"]
+
+    def wait_for(version: int, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if {served_version() for _ in range(6)} == {version}:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with running_server(
+        tmp_path / "logs", workers=2, admin_token=TOKEN, model_store=store, activate_new_versions=True
+    ) as server:
+        url = f"{server.url}/v1/models/{CLASSIFIER}/versions"
+        assert served_version() == 1
+        publish(2)
+        assert wait_for(2, within_s=10)
+        newest = httpx.get(f"{url}/history").json()["revisions"][0]
+        assert (newest["kind"], newest["version"], newest["author"]) == ("activate", 2, "model store")
+        revision = httpx.get(url).json()["revision"]
+        pinned = httpx.post(
+            f"{url}/pin",
+            json={"pinned": True, "author": "a.lindqvist", "reason": "line 3 audit", "expected_revision": revision},
+            headers=AUTH,
+        )
+        assert pinned.status_code == 200, pinned.text
+        publish(3)
+        assert not wait_for(3, within_s=2)
+        assert httpx.get(url).json()["active"] == 2 and httpx.get(url).json()["in_store"] == [1, 2, 3]
+
+        # The same from the command line: pinned, a version activated by hand all the same, and a refusal.
+        def cli(*args: str) -> int:
+            return versions_cli(["--url", server.url, *args])
+
+        assert cli("status", CLASSIFIER) == 0
+        assert "version 2 active (revision 3, pinned); loaded [1, 2]; in the store [1, 2, 3]" in capsys.readouterr().out
+        who = ("--author", "a.lindqvist", "--reason", "by hand", "--token", TOKEN)
+        assert cli("activate", CLASSIFIER, "3", *who) == 0
+        shown = capsys.readouterr().out
+        assert "revision 4 activate: version 3, pinned by a.lindqvist" in shown and "2 worker(s) switched" in shown
+        assert cli("activate", CLASSIFIER, "3", *who) == 1
+        assert "422, invalid_parameters: version 3 of weld-classifier is already active" in capsys.readouterr().err
