@@ -12,7 +12,7 @@ import pytest
 
 from export.synthetic import encode_image, generate_weld
 from service.lifecycle.cli import main as versions_cli
-from tests.conftest import running_server
+from tests.conftest import postgres_url, running_server
 from tests.service.test_versions import CLASSIFIER, add_version
 
 TOKEN = "lifecycle-token"
@@ -194,3 +194,41 @@ def test_a_new_export_goes_live_by_itself_when_asked_unless_the_model_is_pinned(
         assert "revision 4 activate: version 3, pinned by a.lindqvist" in shown and "2 worker(s) switched" in shown
         assert cli("activate", CLASSIFIER, "3", *who) == 1
         assert "422, invalid_parameters: version 3 of weld-classifier is already active" in capsys.readouterr().err
+
+
+def test_two_servers_on_one_postgresql_follow_each_others_changes_within_a_second(store, tmp_path):
+    url = postgres_url()
+    frame = encode_image(generate_weld(4_400, 640, 480, label="crack").image)
+    settings = {"admin_token": TOKEN, "model_store": store, "models": f"{CLASSIFIER}:1", "thresholds_db": url}
+    with running_server(tmp_path / "a", **settings) as a, running_server(tmp_path / "b", **settings) as b:
+
+        def version_of(server) -> int:
+            return httpx.post(
+                f"{server.url}/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+            ).json()["model_version"]
+
+        def change(server, route: str, **body) -> httpx.Response:
+            versions = f"{server.url}/v1/models/{CLASSIFIER}/versions"
+            revision = httpx.get(versions).json()["revision"]
+            return httpx.post(
+                f"{versions}/{route}",
+                json={"author": "a.lindqvist", "reason": "two servers", "expected_revision": revision, **body},
+                headers=AUTH,
+                timeout=60,
+            )
+
+        def followed(server, version: int) -> float:
+            """Seconds until `server` answers with `version` (inf after 5 s)."""
+            started = time.monotonic()
+            while time.monotonic() - started < 5:
+                if version_of(server) == version:
+                    return time.monotonic() - started
+                time.sleep(0.02)
+            return float("inf")
+
+        assert version_of(a) == version_of(b) == 1
+        assert change(a, "activate", version=2).status_code == 200
+        assert version_of(a) == 2
+        assert followed(b, 2) < 2.0  # b loads version 2 first, then switches
+        assert change(b, "rollback").status_code == 200
+        assert followed(a, 1) < 1.0  # version 1 is loaded already: a switch
