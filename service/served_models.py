@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.config import Settings
 from service.errors import UnknownModel, VersionRefused
-from service.lifecycle.store import VersionStore
+from service.lifecycle.store import Activation, ActivationKind, VersionStore
 from service.metrics import inspection_metrics
 from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
 from service.pipeline.predictor import Predictor
@@ -146,6 +146,16 @@ class ServedModels:
             self._active = {**self._active, name: version}
             log.info("%s:%d is now active", name, version)
         self._show_active(name)
+
+    def carry_thresholds(self, change: Activation) -> None:
+        """The model's thresholds carry over to the version `change` made active, recorded as a thresholds
+        revision (`carried`) by its author, with its reason."""
+        how = "rolled back to" if change.kind is ActivationKind.ROLLBACK else "activated"
+        self.thresholds.carry_over(
+            self.get(change.model, change.version).manifest,
+            author=change.author,
+            reason=f"version {change.version} {how}: {change.reason}",
+        )
 
     def _show_active(self, name: str) -> None:
         metrics = inspection_metrics()

@@ -71,7 +71,11 @@ class ThresholdRevisionView(BaseModel):
 
     model: str = Field(examples=["weld-classifier"])
     revision: int = Field(description="Numbered from 1 per model; the highest is active.", examples=[3])
-    kind: str = Field(description="initial (a manifest's defaults), update or rollback.", examples=["update"])
+    kind: str = Field(
+        description="initial (a manifest's defaults), update, rollback, or carried (the same values, carried over "
+        "to the model version activated).",
+        examples=["update"],
+    )
     thresholds: dict[str, float] = Field(
         description="Score threshold per defect class: a class at or above its threshold rejects the part.",
         examples=[{"porosity": 0.5, "crack": 0.25, "undercut": 0.5}],

@@ -188,8 +188,10 @@ def _latest(settings: Settings, model: str) -> int:
 
 
 def _switched(settings: Settings, models: ServedModels, change: Activation) -> SwitchedView:
-    """`change`, once every worker of this server has switched to its version (or the wait is over)."""
+    """`change`, once every worker of this server has switched to its version (or the wait is over). The
+    model's thresholds carry over to that version, recorded as a thresholds revision."""
     server, worker = server_identity(), os.getpid()
+    models.carry_thresholds(change)
     models.switch(change.model, change.version)
     models.lifecycle.report_switch(server, worker, change.model, change.version)
     deadline = time.monotonic() + SWITCH_WAIT_S

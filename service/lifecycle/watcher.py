@@ -93,13 +93,14 @@ class VersionWatcher:
                 continue
             try:
                 self._models.load_version(name, newest)
-                self._store.activate(
+                change = self._store.activate(
                     name,
                     newest,
                     author=NEW_VERSION_AUTHOR,
                     reason=f"version {newest} appeared in the model store",
                     expected_revision=current.revision,
                 )
+                self._models.carry_thresholds(change)
             except VersionRefused as exc:
                 self._refused.add((name, newest))
                 log.error("%s:%d did not go live by itself: %s", name, newest, exc)

@@ -3,7 +3,8 @@
 Every change of a model's thresholds is a new numbered revision holding the whole
 set (every defect class, and the NMS IoU for detectors), who made it, why, when,
 the revision it replaced and its kind: `initial` (a manifest's defaults, written
-on first use), `update` or `rollback`. Revisions are never changed or deleted;
+on first use), `update`, `rollback`, or `carried` (the same values, now serving another version of
+the model, activated or rolled back to). Revisions are never changed or deleted;
 the newest one is active.
 
 One row per revision, written in one transaction: a process killed mid-write
@@ -90,6 +91,7 @@ class RevisionKind(StrEnum):
     INITIAL = "initial"
     UPDATE = "update"
     ROLLBACK = "rollback"
+    CARRIED = "carried"  # the same values, carried over to another version of the model
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,26 @@ class ThresholdStore:
             reason=reason,
             restores=to_revision,
         )
+
+    def carry_over(self, manifest: ModelManifest, *, author: str, reason: str) -> ThresholdRevision:
+        """Record that the active values now serve `manifest`'s version (a version activated or rolled back
+        to): a new revision with the same values, or the current one when it was written for this version.
+        The version must have the model's defect classes."""
+        current = self.current(manifest)
+        if current.model_version == manifest.version:
+            return current
+        try:
+            return self._append(
+                manifest,
+                current,
+                RevisionKind.CARRIED,
+                thresholds=current.thresholds,
+                nms_iou=current.nms_iou,
+                author=author,
+                reason=reason,
+            )
+        except Conflict:  # a change came in between: it was written for this version
+            return self.current(manifest)
 
     def _base(self, manifest: ModelManifest, expected_revision: int) -> ThresholdRevision:
         current = self.current(manifest)

@@ -3,6 +3,7 @@ with cameras posting all along; versions that cannot go live are refused while t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -113,14 +114,21 @@ def test_versions_switch_on_every_worker_under_load_and_broken_ones_are_refused(
             time.sleep(0.3)
         assert cameras.failures == []
         assert len(cameras.answers) > 20
-        reference = {key: value for key, value in cameras.answers[0].items() if key != "model_version"}
-        # Same graph in both versions: every answer is the same but for the version it names.
+        # Same graph and thresholds in both versions: every answer is the same but for the version it names
+        # and the thresholds revision (the values carried over to each version are new revisions).
+        moving = ("model_version", "thresholds_revision")
+        reference = {key: value for key, value in cameras.answers[0].items() if key not in moving}
         assert {a["model_version"] for a in cameras.answers} == {1, 2}
-        assert all({k: v for k, v in a.items() if k != "model_version"} == reference for a in cameras.answers)
+        assert all({k: v for k, v in a.items() if k not in moving} == reference for a in cameras.answers)
 
         history = httpx.get(f"{url}/history").json()["revisions"]
         assert [(r["kind"], r["version"]) for r in history[:2]] == [("rollback", 1), ("activate", 2)]
         assert history[-1]["kind"] == "initial" and len(history) == 11
+        # The thresholds followed each version, recorded as revisions of their own.
+        thresholds = httpx.get(f"{server.url}/v1/models/{CLASSIFIER}/thresholds/history").json()["revisions"]
+        assert [(r["kind"], r["model_version"]) for r in thresholds[:2]] == [("carried", 1), ("carried", 2)]
+        assert thresholds[0]["reason"] == "version 1 rolled back to: rollback in a test"
+        assert len({json.dumps(r["thresholds"], sort_keys=True) for r in thresholds}) == 1  # the values never moved
         pinned = change("pin", pinned=True)
         assert pinned.status_code == 200 and pinned.json()["pinned"] is True
         assert httpx.get(url).json()["pinned"] is True

@@ -64,6 +64,19 @@ def test_a_partial_change_is_merged_onto_its_base_and_attributed(store: Threshol
     assert store.active(manifest).values == {"porosity": 0.5, "crack": 0.2, "undercut": 0.5}
 
 
+def test_the_values_carried_over_to_another_version_are_a_revision_of_their_own(store: ThresholdStore):
+    name = unique_name()
+    first, second = make_manifest(name=name), make_manifest(name=name, version=2)
+    store.update(first, thresholds={"crack": 0.2}, nms_iou=None, author="ann", reason="lot 2291", expected_revision=1)
+    carried = store.carry_over(second, author="a.lindqvist", reason="version 2 activated: retrained")
+    assert (carried.revision, carried.kind, carried.model_version, carried.replaces) == (3, RevisionKind.CARRIED, 2, 2)
+    assert carried.thresholds == {"porosity": 0.5, "crack": 0.2, "undercut": 0.5}
+    assert (carried.author, carried.reason) == ("a.lindqvist", "version 2 activated: retrained")
+    assert store.carry_over(second, author="b", reason="again") == carried  # already this version's: nothing new
+    back = store.carry_over(first, author="a.lindqvist", reason="version 1 rolled back to: alarms")
+    assert (back.revision, back.model_version, back.thresholds) == (4, 1, carried.thresholds)
+
+
 def test_a_stale_expected_revision_conflicts_and_writes_nothing(store: ThresholdStore):
     manifest = make_manifest(name=unique_name())
     store.update(manifest, thresholds={"crack": 0.2}, nms_iou=None, author="ann", reason="first", expected_revision=1)
