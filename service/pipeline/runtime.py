@@ -209,6 +209,11 @@ def create_session(
         raise ValueError(f"{model_path}: the input's image axes are dynamic ({shape}): give the shape to feed")
     if fixed and smallest_image_shape is not None:
         raise ValueError(f"{model_path}: the input's image axes are fixed ({shape}): it cannot take smaller images")
+    if fixed and image_shape is not None and tuple(image_shape) != tuple(shape[1:]):
+        fed = "x".join(map(str, image_shape))
+        raise ValueError(
+            f"{model_path}: the graph takes {'x'.join(map(str, shape[1:]))} images; its manifest says {fed}"
+        )
     dynamic_batch = not isinstance(shape[0], int)  # else one image per run (torchvision detectors)
     image_shape = tuple(shape[1:]) if fixed else tuple(image_shape)
     smallest = image_shape if smallest_image_shape is None else tuple(smallest_image_shape)

@@ -117,6 +117,14 @@ def test_manifest_names_that_do_not_match_the_graph_are_refused(doubling_model):
         create_session(doubling_model, ON_CPU, input_name="images", output_names=["scores"])
 
 
+def test_a_manifest_whose_image_size_the_fixed_graph_does_not_take_is_refused():
+    version = load_version(MODEL_STORE, "weld-classifier")  # a graph fixed at 1x160x160
+    names = {"input_name": "images", "output_names": ["logits"]}
+    with pytest.raises(ValueError, match="the graph takes 1x160x160 images; its manifest says 1x96x160"):
+        create_session(version.onnx_path, ON_CPU, **names, image_shape=(1, 96, 160))
+    create_session(version.onnx_path, ON_CPU, **names, image_shape=(1, 160, 160))  # as the manifest says
+
+
 def test_gpu_sessions_get_one_thread_without_spinning_and_the_configured_provider_options():
     options = RuntimeOptions(CUDA, cuda={"cudnn_conv_algo_search": "HEURISTIC"}, tensorrt={"trt_fp16_enable": "True"})
     config = options.session_options()
