@@ -7,17 +7,15 @@ the figures)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from export.synthetic import encode_image, generate_weld
 from tests.conftest import running_server
-from tests.service.test_lifecycle import AUTH, TOKEN
+from tests.service.test_lifecycle import AUTH, TOKEN, Cameras
 from tests.service.test_versions import CLASSIFIER, add_version
 
 RATE_PER_CAMERA = 20.0  # frames per second, as a line camera sends them: on time, whatever the answers
@@ -44,46 +42,6 @@ def broken_versions(store: Path) -> dict[int, str]:
     }
 
 
-class Line:
-    """Cameras sending frames at a fixed rate, each on its own connection; every answer kept with when."""
-
-    def __init__(self, url: str, frame: bytes) -> None:
-        self.answers: list[tuple[float, float, dict]] = []  # (sent, latency s, answer)
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._camera, args=(url, frame, i)) for i in range(CAMERAS)]
-
-    def _camera(self, url: str, frame: bytes, index: int) -> None:
-        period = 1.0 / RATE_PER_CAMERA
-        due = time.monotonic() + index * period / CAMERAS
-        with httpx.Client(base_url=url, timeout=30) as client:
-            while not self._stop.is_set():
-                time.sleep(max(0.0, due - time.monotonic()))
-                sent = time.monotonic()
-                response = client.post(
-                    f"/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
-                )
-                if response.status_code == 200:
-                    self.answers.append((sent, time.monotonic() - due, response.json()))
-                else:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-                due += period
-
-    def p99_ms(self, start: float, end: float) -> float:
-        latencies = [latency for sent, latency, _ in self.answers if start <= sent < end]
-        return 1000 * float(np.percentile(latencies, 99))
-
-    def __enter__(self) -> Line:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
 def test_swaps_under_load_fail_nothing_and_refused_versions_leave_nothing_loaded(tmp_path):
     store = tmp_path / "store"
     for version in (1, 2):
@@ -107,9 +65,9 @@ def test_swaps_under_load_fail_nothing_and_refused_versions_leave_nothing_loaded
         def memory_mb() -> float:
             return sum(worker.memory_info().rss for worker in server.workers()) / 2**20
 
-        with Line(server.url, frame) as line:
+        with Cameras(server.url, frame, count=CAMERAS, rate=RATE_PER_CAMERA) as line:
             time.sleep(8.0)  # the line alone
-            quiet = (line.answers[0][0] + 1.0, time.monotonic())
+            quiet = (line.timed[0][0] + 1.0, time.monotonic())
             before_mb = memory_mb()
             assert change("activate", version=2).status_code == 200  # version 2 loaded beside 1 in both workers
             one_version_mb = memory_mb() - before_mb
@@ -137,9 +95,9 @@ def test_swaps_under_load_fail_nothing_and_refused_versions_leave_nothing_loaded
     assert state["loaded"] == [1, 2] and state["active"] == 2  # nothing of the refused versions loaded
     # Same graph in both: every answer is its version's, the same but for the version and thresholds revision.
     moving = ("model_version", "thresholds_revision")
-    answers = [{k: v for k, v in answer.items() if k not in moving} for _, _, answer in line.answers]
+    answers = [{k: v for k, v in answer.items() if k not in moving} for answer in line.answers]
     assert all(answer == answers[0] for answer in answers)
-    assert {answer["model_version"] for _, _, answer in line.answers} == {1, 2}
+    assert {answer["model_version"] for answer in line.answers} == {1, 2}
     p99_quiet, p99_swapping = line.p99_ms(*quiet), line.p99_ms(*swaps)
     grown_mb = after_mb - before_mb
     print(

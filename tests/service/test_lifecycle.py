@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from export.synthetic import encode_image, generate_weld
@@ -32,24 +33,36 @@ def store(tmp_path_factory) -> Path:
 
 
 class Cameras:
-    """`count` cameras posting the same frame back to back, each on its own keep-alive connection."""
+    """`count` cameras posting the same frame, each on its own keep-alive connection: back to back, or
+    at `rate` frames per second each, on time whatever the answers (as a line camera sends them)."""
 
-    def __init__(self, url: str, frame: bytes, count: int = 2) -> None:
+    def __init__(self, url: str, frame: bytes, count: int = 2, rate: float | None = None) -> None:
         self.answers: list[dict] = []
+        self.timed: list[tuple[float, float]] = []  # (sent, latency s) of each answer, from when it was due
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(url, frame)) for _ in range(count)]
+        self._threads = [threading.Thread(target=self._run, args=(url, frame, i, count, rate)) for i in range(count)]
 
-    def _run(self, url: str, frame: bytes) -> None:
+    def _run(self, url: str, frame: bytes, index: int, count: int, rate: float | None) -> None:
+        period = 0.0 if rate is None else 1.0 / rate
+        due = time.monotonic() + index * period / count
         with httpx.Client(base_url=url, timeout=30) as client:
             while not self._stop.is_set():
+                time.sleep(max(0.0, due - time.monotonic()))
+                sent = max(due, time.monotonic()) if rate is None else due
                 response = client.post(
                     f"/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
                 )
                 if response.status_code == 200:
                     self.answers.append(response.json())
+                    self.timed.append((sent, time.monotonic() - sent))
                 else:
                     self.failures.append(f"{response.status_code} {response.text[:200]}")
+                due += period
+
+    def p99_ms(self, start: float, end: float) -> float:
+        """The p99 of the answers to frames sent from `start` to `end` (time.monotonic)."""
+        return 1000 * float(np.percentile([latency for sent, latency in self.timed if start <= sent < end], 99))
 
     def __enter__(self) -> Cameras:
         for thread in self._threads:
