@@ -86,12 +86,13 @@ class Inference:
             raise error from exc
         metrics = inspection_metrics()
         failures = [answer for answer in answers if isinstance(answer, InspectionError)]
-        for failure in failures[1:] if len(failures) == len(answers) else failures:
+        for failure in failures:
             metrics.errors.labels(label, failure.code).inc()
-        if len(failures) == len(answers):  # every frame failed: so does the request, with the first's error
-            _count(label, call.protocol, failures[0], call.arrived_at)
+        # Every frame failed: so does the request, with the first one's error.
+        status = str(failures[0].status) if len(failures) == len(answers) else "200"
+        metrics.request_duration.labels(label, status, call.protocol).observe(time.perf_counter() - call.arrived_at)
+        if status != "200":
             raise failures[0]
-        metrics.request_duration.labels(label, "200", call.protocol).observe(time.perf_counter() - call.arrived_at)
         return answers
 
     def refused(self, model: str, protocol: str, error: InspectionError, arrived_at: float) -> None:

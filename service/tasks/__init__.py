@@ -63,14 +63,6 @@ def parse_options(manifest: ModelManifest, given: Mapping[str, Any], what: str =
     return options
 
 
-def all_options() -> dict[str, Any]:
-    """Every option of every task, as (name -> its field), for pages that document them all."""
-    fields: dict[str, Any] = {}
-    for head in HEADS.values():
-        fields.update(head.options.model_fields)
-    return fields
-
-
 __all__ = [
     "ANSWERS",
     "HEADS",
