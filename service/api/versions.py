@@ -104,10 +104,11 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
     @router.get("", response_model=VersionsView, responses=_errors(404), summary="Active, loaded and stored versions")
     def read(model: str) -> VersionsView:
         models = served_models()
-        current = models.lifecycle.current(model, models.active_version(model))
+        active = models.active_version(model)
+        current = models.lifecycle.current(model, active)
         return VersionsView(
             model=model,
-            active=models.active_version(model),
+            active=active,
             pinned=current.pinned,
             revision=current.revision,
             loaded=models.versions(model),

@@ -24,13 +24,12 @@ from pathlib import Path
 from service.errors import Conflict, InvalidParameters, VersionRefused
 from service.lifecycle.store import VersionStore
 from service.model_store import version_numbers
+from service.revisions import STORE_AUTHOR
 from service.served_models import ServedModels
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
-# Who activates a version that appeared in the model store, in the history.
-NEW_VERSION_AUTHOR = "model store"
 
 
 def server_identity() -> str:
@@ -52,7 +51,9 @@ class VersionWatcher:
         """`new_versions_from`: the model store whose new versions go live by themselves (None: none do)."""
         self._models = models
         self._new_versions_from = new_versions_from
-        self._refused: set[tuple[str, int]] = set()
+        # (model, version) in the store that will not go live by itself: refused, or not newer than
+        # a version the model has had (the history only grows, so that never changes).
+        self._passed_over: set[tuple[str, int]] = set()
         self._store = store
         self._server = server
         self._worker = worker
@@ -72,7 +73,8 @@ class VersionWatcher:
             try:
                 self._models.load_version(name, current.version)
             except VersionRefused as exc:
-                log.error("%s revision %d: keeping version %d: %s", name, current.revision, self._active(name), exc)
+                active = self._models.active_version(name)
+                log.error("%s revision %d: keeping version %d: %s", name, current.revision, active, exc)
             else:
                 self._models.switch(name, current.version)
                 self._store.report_switch(self._server, self._worker, name, current.version)
@@ -86,23 +88,26 @@ class VersionWatcher:
         for name in self._models.names():
             newest = max(version_numbers(self._new_versions_from / name), default=0)
             active = self._models.active_version(name)
-            if newest <= active or (name, newest) in self._refused:
+            if newest <= active or (name, newest) in self._passed_over:
                 continue
             current = self._store.current(name, active)
-            if current.pinned or newest <= max(r.version for r in self._store.history(name, limit=1000)):
+            if current.pinned:
+                continue
+            if newest <= max(r.version for r in self._store.history(name, limit=1000)):
+                self._passed_over.add((name, newest))
                 continue
             try:
                 self._models.load_version(name, newest)
                 change = self._store.activate(
                     name,
                     newest,
-                    author=NEW_VERSION_AUTHOR,
+                    author=STORE_AUTHOR,
                     reason=f"version {newest} appeared in the model store",
                     expected_revision=current.revision,
                 )
                 self._models.carry_thresholds(change)
             except VersionRefused as exc:
-                self._refused.add((name, newest))
+                self._passed_over.add((name, newest))
                 log.error("%s:%d did not go live by itself: %s", name, newest, exc)
             except (Conflict, InvalidParameters):
                 pass  # another worker or server activated it first, or something else changed: look again
@@ -129,6 +134,3 @@ class VersionWatcher:
                 self._failing = True
             else:
                 self._failing = False
-
-    def _active(self, name: str) -> int:
-        return self._models.active_version(name)
