@@ -4,12 +4,22 @@ by (model, revision), created by whichever worker or replica comes first, read n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Select, Table, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
+
+# The author of the revisions the service writes itself: a model's defaults, the version served at
+# start-up, a new version going live by itself.
+STORE_AUTHOR = "model store"
+
+
+def utc(moment: datetime) -> datetime:
+    """A time read back from the database, in UTC: SQLite keeps no zone, and every time written is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:

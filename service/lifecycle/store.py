@@ -44,12 +44,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import Conflict, InvalidParameters
-from service.revisions import create_tables, history_query
+from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
 from service.thresholds.store import _check_audit
 
 log = logging.getLogger(__name__)
 
-INITIAL_AUTHOR = "model store"
 INITIAL_REASON = "served at start-up"
 MAX_AUTHOR_CHARS = 200
 
@@ -128,7 +127,7 @@ class VersionStore:
                 kind=ActivationKind.INITIAL,
                 version=default_version,
                 pinned=False,
-                author=INITIAL_AUTHOR,
+                author=STORE_AUTHOR,
                 reason=INITIAL_REASON,
             )
         except Conflict:
@@ -235,7 +234,7 @@ class VersionStore:
             switches.c.switched_at >= since.astimezone(UTC),
         )
         with self._engine.connect() as conn:
-            return {worker: _utc(switched_at) for worker, switched_at in conn.execute(query)}
+            return {worker: utc(switched_at) for worker, switched_at in conn.execute(query)}
 
     def _base(self, model: str, expected_revision: int) -> Activation:
         with self._engine.connect() as conn:
@@ -321,14 +320,9 @@ def _activation(row: Mapping[str, Any]) -> Activation:
         pinned=bool(row["pinned"]),
         author=row["author"],
         reason=row["reason"],
-        created_at=_utc(row["created_at"]),
+        created_at=utc(row["created_at"]),
         replaces=row["replaces"],
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite keeps no zone; every time written here is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _check_change(author: str, reason: str, expected_revision: int) -> None:

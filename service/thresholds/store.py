@@ -56,14 +56,13 @@ from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
-from service.revisions import create_tables, history_query
+from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
 from service.tasks import HEADS
 from service.thresholds.rules import ThresholdSet, check_thresholds, is_threshold
 
 log = logging.getLogger(__name__)
 
 SQLITE_FILE = "thresholds.db"
-INITIAL_AUTHOR = "model store"
 
 _metadata = MetaData()
 revisions = Table(
@@ -340,7 +339,7 @@ class ThresholdStore:
                 RevisionKind.INITIAL,
                 thresholds=dict(manifest.thresholds),
                 nms_iou=manifest.nms_iou,
-                author=INITIAL_AUTHOR,
+                author=STORE_AUTHOR,
                 reason=reason,
             )
         except Conflict:
@@ -430,9 +429,6 @@ def _newest(conn: Connection, model: str) -> ThresholdRevision | None:
 
 
 def _revision(row: Mapping[str, Any]) -> ThresholdRevision:
-    created_at = row["created_at"]
-    if created_at.tzinfo is None:  # SQLite keeps no zone; every time written here is UTC
-        created_at = created_at.replace(tzinfo=UTC)
     return ThresholdRevision(
         model=row["model"],
         revision=row["revision"],
@@ -442,7 +438,7 @@ def _revision(row: Mapping[str, Any]) -> ThresholdRevision:
         model_version=row["model_version"],
         author=row["author"],
         reason=row["reason"],
-        created_at=created_at,
+        created_at=utc(row["created_at"]),
         replaces=row["replaces"],
         restores=row["restores"],
     )
