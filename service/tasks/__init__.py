@@ -3,8 +3,9 @@
 `service/tasks/<task>/` holds everything in which a task differs from the others: its answer
 (`answer.py`), post-processing (`postprocess.py`), the options only it takes (`options.py`), its answers
 as tensors for the Open Inference Protocol (`tensors.py`), its labelled-sample layout and sweep
-evidence (`samples.py`), and its head (`__init__.py`): which output decoders its manifests may name,
-whether its thresholds carry an NMS IoU, and where its post-processing runs. Nothing outside these
+evidence (`samples.py`), how two versions' answers to a frame agree (`agreement.py`, for shadow
+runs), and its head (`__init__.py`): which output decoders its manifests may name, whether its
+thresholds carry an NMS IoU, and where its post-processing runs. Nothing outside these
 folders asks which task a model has: it asks the model's head.
 
 Adding a fourth task touches: a new folder `service/tasks/<task>/` with those modules; its head in

@@ -10,11 +10,16 @@ precision in the answer and are rounded on the wire (`Score`, `Pixel`).
 the Open Inference Protocol's `parameters`): the options every task takes are here, a task adds its
 own in a subclass. A `TaskHead` is everything in which the tasks differ; `service.tasks` registers one
 per task.
+
+A shadow run answers one frame with the active version and with a candidate; `ClassAgreement` is how
+the two answers compare for one defect class, in terms every task shares (the decision, the label, an
+IoU), so that what reads the comparison need not know which task made it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
@@ -155,6 +160,21 @@ class TaskEvidence(Protocol):
     def confusion(self, truths: list[Truth], proposed: Mapping[str, float]) -> tuple[list[str], np.ndarray] | None: ...
 
 
+@dataclass(frozen=True)
+class ClassAgreement:
+    """How a candidate's answer compares with the active one's for one defect class.
+
+    `label` is each task's own: classification, both answers have the class as their label or neither
+    does; detection, the class's boxes of the two answers match one to one; segmentation, the class's
+    masks overlap enough (or are both empty). `iou` is detection's mean IoU of the matched boxes and
+    segmentation's mask IoU; None where it means nothing (classification, nothing to compare).
+    """
+
+    decision: bool  # both answers have the class among their defects, or neither does
+    label: bool  # they agree on what the class is on the frame
+    iou: float | None
+
+
 class TensorSpec(BaseModel):
     """One output of the Open Inference Protocol's model metadata: its name, datatype and shape (-1: varies)."""
 
@@ -206,4 +226,9 @@ class TaskHead(Protocol):
 
     def output_tensors(self, manifest: ModelManifest, answers: list[Answer | None]) -> list[Tensor]:
         """`answers` (None: an image that failed) as the tensors of `output_specs`, one row per image."""
+        ...
+
+    def agreement(self, active: Answer, candidate: Answer, manifest: ModelManifest) -> dict[str, ClassAgreement]:
+        """How `candidate` compares with `active` (two versions' answers on one frame), one entry per defect
+        class of `manifest`, in its order."""
         ...

@@ -98,7 +98,7 @@ def test_every_head_gives_the_tensors_its_metadata_lists_a_row_per_image():
 # names a task: it asks the model's head. The tests below fail when one of these is missing or when
 # code outside the folders starts to tell the tasks apart.
 
-TASK_MODULES = ("answer", "postprocess", "samples", "tensors")
+TASK_MODULES = ("agreement", "answer", "postprocess", "samples", "tensors")
 
 
 def _task_folders() -> set[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import OutputDecoder, Task
-from service.tasks.base import PredictionOptions
-from service.tasks.classification import samples, tensors
+from service.manifest import ModelManifest, OutputDecoder, Task
+from service.tasks.base import ClassAgreement, PredictionOptions
+from service.tasks.classification import agreement, samples, tensors
 from service.tasks.classification.answer import ClassificationAnswer
 from service.tasks.classification.postprocess import postprocess_classification
 
@@ -21,6 +21,11 @@ class ClassificationHead:
 
     def postprocess(self, outputs, geometry, manifest, thresholds, options) -> ClassificationAnswer:  # see TaskHead
         return postprocess_classification(outputs[0], geometry, manifest, thresholds, options.class_filter)
+
+    def agreement(
+        self, active: ClassificationAnswer, candidate: ClassificationAnswer, manifest: ModelManifest
+    ) -> dict[str, ClassAgreement]:
+        return agreement.agreement(active, candidate, manifest)
 
     read_labels = staticmethod(samples.read_classification_labels)
     evidence = staticmethod(samples.ClassificationEvidence)

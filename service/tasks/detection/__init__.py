@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import OutputDecoder, Task
-from service.tasks.detection import samples, tensors
+from service.manifest import ModelManifest, OutputDecoder, Task
+from service.tasks.base import ClassAgreement
+from service.tasks.detection import agreement, samples, tensors
 from service.tasks.detection.answer import DetectionAnswer
 from service.tasks.detection.options import DetectionOptions
 from service.tasks.detection.postprocess import postprocess_detection
@@ -23,6 +24,11 @@ class DetectionHead:
         return postprocess_detection(
             outputs, geometry, manifest, thresholds, options.max_detections, options.class_filter
         )
+
+    def agreement(
+        self, active: DetectionAnswer, candidate: DetectionAnswer, manifest: ModelManifest
+    ) -> dict[str, ClassAgreement]:
+        return agreement.agreement(active, candidate, manifest)
 
     read_labels = staticmethod(samples.read_detection_labels)
     evidence = staticmethod(samples.DetectionEvidence)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import OutputDecoder, Task
-from service.tasks.segmentation import samples, tensors
+from service.manifest import ModelManifest, OutputDecoder, Task
+from service.tasks.base import ClassAgreement
+from service.tasks.segmentation import agreement, samples, tensors
 from service.tasks.segmentation.answer import SegmentationAnswer
 from service.tasks.segmentation.options import SegmentationOptions
 from service.tasks.segmentation.postprocess import postprocess_segmentation
@@ -23,6 +24,11 @@ class SegmentationHead:
         return postprocess_segmentation(
             outputs[0], geometry, manifest, thresholds, options.mask_format, options.class_filter
         )
+
+    def agreement(
+        self, active: SegmentationAnswer, candidate: SegmentationAnswer, manifest: ModelManifest
+    ) -> dict[str, ClassAgreement]:
+        return agreement.agreement(active, candidate, manifest)
 
     read_labels = staticmethod(samples.read_segmentation_labels)
     evidence = staticmethod(samples.SegmentationEvidence)
