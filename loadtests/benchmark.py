@@ -23,7 +23,9 @@ Targets: served >= 0.85 x bare; p99 at half rate <= 3 x single-request latency.
 (`ref=COMMIT`) or folder (`code=PATH`, where this copy has no .git; see `Variant`), so that a change
 can be compared before and after within one run (each server's worker count is read from the server,
 whichever code it runs), or a protocol (`protocol=v2-binary`: the Open Inference Protocol with binary
-tensors, as `tritonclient` sends; `v2-json`) against `/v1` on the same code; `--rounds N` repeats each case (bare, then every variant) and reports
+tensors, as `tritonclient` sends; `v2-json`) against `/v1` on the same code, or a shadow run
+(`shadow=0.5`: a candidate version, a copy of the active one, answers that share of the frames in the
+background) against none; `--rounds N` repeats each case (bare, then every variant) and reports
 medians; `--profile FOLDER` records a py-spy flame graph of one worker per saturated phase. Prints a
 markdown table and writes JSON.
 """
@@ -53,6 +55,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
+import httpx
 import numpy as np
 import onnxruntime as ort
 import psutil
@@ -111,7 +114,8 @@ class Variant:
     - `ref=COMMIT`: the service as it was at that commit of this repository's history;
     - `code=PATH`: the service in that folder, a tree checked out elsewhere (where this copy has no
       git history, as on a host that received a plain copy of the working tree).
-    `protocol=` says how its clients send frames (`PROTOCOLS`; default `v1`).
+    `protocol=` says how its clients send frames (`PROTOCOLS`; default `v1`). `shadow=SHARE` runs a
+    shadow run on that share of the frames, its candidate a copy of each model's served version.
     """
 
     name: str
@@ -119,6 +123,7 @@ class Variant:
     ref: str | None = None  # the full commit id
     code: Path | None = None
     protocol: str = "v1"
+    shadow: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -128,6 +133,9 @@ class Variant:
         if ref is not None and code is not None:
             raise argparse.ArgumentTypeError(f"variant {name!r}: ref= or code=, not both")
         protocol = given.pop("protocol", "v1")
+        shadow = given.pop("shadow", None)
+        if shadow is not None and not 0.0 < float(shadow) <= 1.0:
+            raise argparse.ArgumentTypeError(f"variant {name!r}: shadow is a share of the frames, above 0 up to 1")
         if protocol not in PROTOCOLS:
             raise argparse.ArgumentTypeError(f"variant {name!r}: protocol must be one of {', '.join(PROTOCOLS)}")
         settings = {key: value for key, value in given.items() if not key.isupper()}
@@ -142,6 +150,7 @@ class Variant:
             None if ref is None else commit_of(ref),
             None if code is None else service_tree(Path(code)),
             protocol,
+            None if shadow is None else float(shadow),
         )
 
 
@@ -309,14 +318,60 @@ def bare_pipeline_rate(
 
 @contextmanager
 def running_service(variant: Variant, model_store: Path, models: list[str], log_dir: Path) -> Iterator[RunningServer]:
-    """`bentoml serve` on 127.0.0.1 with the variant's settings and code, every worker up; stopped by PID."""
+    """`bentoml serve` on 127.0.0.1 with the variant's settings and code, every worker up; stopped by PID.
+    A shadow variant serves a copy of the store with a candidate version of each model in shadow."""
     code = variant.code or ROOT
     if variant.ref is not None:
         code = export_commit(variant.ref, log_dir / f"code-{variant.name}")
-    with running_server(
-        log_dir, 180.0, env=variant.env, root=code, model_store=model_store, models=",".join(models)
-    ) as server:
+    env, refs = variant.env, models
+    if variant.shadow is not None:
+        model_store, refs, candidates = store_with_candidates(model_store, models, log_dir / f"store-{variant.name}")
+        env = {**env, "INSPECTION_ADMIN_TOKEN": SHADOW_TOKEN}
+    with running_server(log_dir, 180.0, env=env, root=code, model_store=model_store, models=",".join(refs)) as server:
+        if variant.shadow is not None:
+            for model, candidate in candidates.items():
+                start_shadow(server.url, model, candidate, variant.shadow)
         yield server
+
+
+SHADOW_TOKEN = "benchmark-shadow"
+
+
+def store_with_candidates(store: Path, models: list[str], copy: Path) -> tuple[Path, list[str], dict[str, int]]:
+    """A copy of `store` holding `models` with their newest version copied as the next: the store, the
+    versions to serve (the newest of each) and the candidate of each."""
+    refs, candidates = [], {}
+    for model in models:
+        newest = load_version(store, model).manifest.version
+        shutil.copytree(store / model / str(newest), copy / model / str(newest))
+        target = copy / model / str(newest + 1)
+        shutil.copytree(store / model / str(newest), target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        (target / "manifest.json").write_text(json.dumps({**manifest, "version": newest + 1}, indent=2))
+        refs.append(f"{model}:{newest}")
+        candidates[model] = newest + 1
+    return copy, refs, candidates
+
+
+def start_shadow(url: str, model: str, version: int, share: float) -> None:
+    versions = httpx.get(f"{url}/v1/models/{model}/versions").json()
+    body = {
+        "version": version,
+        "share": share,
+        "author": "benchmark",
+        "reason": "the cost of a shadow run",
+        "expected_revision": versions["revision"],
+    }
+    answer = httpx.post(
+        f"{url}/v1/models/{model}/shadow", json=body, headers={"Authorization": f"Bearer {SHADOW_TOKEN}"}, timeout=60
+    )
+    answer.raise_for_status()
+
+
+def shadow_counts(url: str, model: str) -> str:
+    """How many frames the shadow run compared, shed and failed on, in words."""
+    report = httpx.get(f"{url}/v1/models/{model}/shadow").json()
+    return f"shadow compared {report['compared']}, shed {report['shed']}, failed {report['failed']}"
 
 
 def export_commit(commit: str, path: Path, repository: Path = ROOT) -> Path:
@@ -762,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"+ {served.client_cpu_ms_per_image:.2f} client; "
                         f"p99 at half rate {served.half_rate_p99_ms:.1f} ms vs single {served.single_p50_ms:.1f} ms; "
                         f"stages ms {served.stage_ms}, mean batch {served.mean_batch_size:.2f}, "
-                        f"CPU shares of the workers {served.worker_cpu_shares}",
+                        f"CPU shares of the workers {served.worker_cpu_shares}"
+                        + (f"; {shadow_counts(url, case.model)}" if variant.shadow is not None else ""),
                         flush=True,
                     )
             for variant in variants:
@@ -803,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
                 "code": None if variant.code is None else str(variant.code),
                 "workers": workers.get(variant.name),
                 "protocol": variant.protocol,
+                "shadow": variant.shadow,
             }
             for variant in variants
         },

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
         description="A version newer than any a model has had, appearing in the model store, goes live by itself "
         "once it loads and warms up (unless the model is pinned).",
     )
+    kept_frames_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="Frames kept for review (a shadow run's disagreeing frames), all together, at most.",
+    )
     max_sweep_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1024, description="Largest sample archive for a threshold sweep, zipped or not."
     )

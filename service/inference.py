@@ -4,7 +4,8 @@
 body (its frames, and its options when they come in it), and its latency budget, and does everything
 a prediction is: admission (the concurrency limit and the latency budget, decided before the body is
 read; `service.api.admission`), the options checked against the model's task, each frame through its
-model's predictor, the metrics, and every failure as an `InspectionError`. It answers typed answers;
+model's predictor (and to the model's shadow run, `service.lifecycle.shadow`, once answered), the
+metrics, and every failure as an `InspectionError`. It answers typed answers;
 a protocol's adapter (`/v1` in `service.api.predictions`, the Open Inference Protocol in
 `service.api.v2`) only translates its wire form to this call and the answers back.
 
@@ -25,10 +26,12 @@ from typing import Any
 from service.api.admission import Admission
 from service.config import Settings
 from service.errors import InspectionError, InvalidParameters, TimedOut
+from service.lifecycle.shadow import ShadowRun
 from service.metrics import UNKNOWN_MODEL, inspection_metrics
 from service.pipeline.decode import Frame
+from service.pipeline.predictor import ActiveThresholds, Predictor
 from service.served_models import ServedModels
-from service.tasks import Answer
+from service.tasks import Answer, PredictionOptions
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +106,47 @@ class Inference:
     async def _predict(self, models: ServedModels, call: PredictionCall) -> list[Answer | InspectionError]:
         budget_s = latency_budget_s(call.budget_ms)
         predictor = models.get(call.model, call.version)
+        # The version that answers requests naming none has a shadow run: it gets the frames too.
+        shadow = models.shadow(call.model) if call.version is None else None
         options = None if call.options is None else predictor.options(call.options, call.options_source)
         active = models.thresholds.active
-        # Admitted from the headers: a request that cannot be answered in time is refused before its
-        # upload, and an upload in progress is not yet work for the model.
-        async with self.admission.place(call.model, budget_s, call.arrived_at) as place:
-            received = await call.read_body(place.body_part_arrived)
-            frames = received.frames
-            if options is None:
-                options = predictor.options(received.options or {}, call.options_source)
-            place.start_work()
-            if len(frames) == 1:
-                return [await predictor.predict(frames[0], options, active)]
-            results = await asyncio.gather(
-                *(predictor.predict(frame, options, active) for frame in frames), return_exceptions=True
-            )
+        # Held until answered: a version retired meanwhile (a swap, an unload) is released after.
+        with predictor.held():
+            # Admitted from the headers: a request that cannot be answered in time is refused before its
+            # upload, and an upload in progress is not yet work for the model.
+            async with self.admission.place(call.model, budget_s, call.arrived_at) as place:
+                received = await call.read_body(place.body_part_arrived)
+                frames = received.frames
+                if options is None:
+                    options = predictor.options(received.options or {}, call.options_source)
+                place.start_work()
+                if shadow is None:
+                    answers = [predictor.predict(frame, options, active) for frame in frames]
+                else:
+                    answers = [self._shadowed(predictor, shadow, frame, options, active) for frame in frames]
+                if len(answers) == 1:
+                    return [await answers[0]]
+                results = await asyncio.gather(*answers, return_exceptions=True)
         return [
             result if isinstance(result, Answer | InspectionError) else _internal(call.model, result)
             for result in results
         ]
+
+    async def _shadowed(
+        self,
+        predictor: Predictor,
+        shadow: ShadowRun,
+        frame: Frame,
+        options: PredictionOptions,
+        active: ActiveThresholds,
+    ) -> Answer:
+        """The active version's answer to a frame, then the frame offered to the model's shadow run."""
+        prepared = await predictor.prepare(frame, active)
+        started = time.perf_counter()
+        answer = await predictor.finish(prepared, options)
+        busy = self.admission.waiting(predictor.manifest.name) > 0
+        shadow.offer(frame, prepared, options, answer, time.perf_counter() - started, busy)
+        return answer
 
 
 def latency_budget_s(given: str | None) -> float | None:

@@ -98,7 +98,8 @@ class InspectionService:
             self.models.lifecycle,
             server_identity(),
             os.getpid(),
-            new_versions_from=settings.model_store if settings.activate_new_versions else None,
+            settings.model_store,
+            activate_new=settings.activate_new_versions,
         )
         self.watcher.start()
         if settings.freeze_startup_heap:

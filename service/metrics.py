@@ -47,6 +47,9 @@ class InspectionMetrics:
     active_version: Any
     thresholds_revision: Any
     threshold_changes: Any
+    shadow_frames: Any
+    shadow_decisions: Any
+    shadow_class_agreement: Any
 
 
 @lru_cache(maxsize=1)
@@ -94,5 +97,20 @@ def inspection_metrics() -> InspectionMetrics:
         ),
         threshold_changes=Counter(
             "inspection_threshold_changes", "Threshold revisions written, by kind.", ["model", "kind"]
+        ),
+        shadow_frames=Counter(
+            "inspection_shadow_frames",
+            "Frames of a shadow run: agreed or disagreed (with the active answer), shed under load, failed.",
+            ["model", "candidate", "result"],
+        ),
+        shadow_decisions=Counter(
+            "inspection_shadow_decisions",
+            "Frames of a shadow run by the active version's decision and the candidate's.",
+            ["model", "candidate", "active", "shadow"],
+        ),
+        shadow_class_agreement=Counter(
+            "inspection_shadow_class_agreement",
+            "Per defect class and frame of a shadow run: whether the candidate agreed on the decision or the label.",
+            ["model", "candidate", "class_name", "on", "agrees"],
         ),
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Select, Table, inspect, select
+from sqlalchemy import Column, Select, Table, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
@@ -23,7 +23,8 @@ def utc(moment: datetime) -> datetime:
 
 
 def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
-    """Create the tables that are missing."""
+    """Create the tables that are missing, and add to a table made by an earlier release the columns it
+    lacks (each has a server default, so the rows already there get it)."""
     for table in tables:
         try:
             with engine.begin() as conn:
@@ -32,6 +33,30 @@ def create_tables(engine: Engine, tables: Sequence[Table]) -> None:
             # Workers and replicas start together; PostgreSQL can refuse a racing CREATE even with IF NOT EXISTS.
             if not inspect(engine).has_table(table.name):
                 raise
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                _add_column(engine, table, column)
+
+
+def _add_column(engine: Engine, table: Table, column: Column) -> None:
+    kind = column.type.compile(engine.dialect)
+    default = "" if column.server_default is None else f" DEFAULT {_default_sql(engine, column)}"
+    null = "" if column.nullable else " NOT NULL"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'))
+    except DBAPIError:
+        # Another worker added it first.
+        if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+            raise
+
+
+def _default_sql(engine: Engine, column: Column) -> str:
+    arg = column.server_default.arg  # type: ignore[union-attr]
+    if isinstance(arg, str):
+        return "'" + arg.replace("'", "''") + "'"
+    return str(arg.compile(dialect=engine.dialect))
 
 
 def history_query(table: Table, model: str, limit: int, before: int | None) -> Select:

@@ -1,9 +1,15 @@
-"""The models this worker serves: loaded from the model store at start-up.
+"""The models this worker serves: loaded from the model store at start-up, then as the database says.
 
 A model may have several versions loaded (`INSPECTION_MODELS=weld-classifier:2,weld-classifier:1`):
 the first listed is its active version, which answers requests that name none; the others answer
-requests that name them (the Open Inference Protocol's `/v2/models/{model}/versions/{version}`).
-Every loaded version of a model has its task and defect classes, since they share its thresholds.
+requests that name them (the Open Inference Protocol's `/v2/models/{model}/versions/{version}`),
+and one may be its shadow run's candidate (`service.lifecycle.shadow`). Every loaded version of a
+model has its task and defect classes, since they share its thresholds.
+
+At run time the worker follows the model's lifecycle revision (`follow`, called by
+`service.lifecycle.watcher`): it loads and warms up the versions the revision wants beside those it
+serves, switches the active one, and retires those no longer wanted. A retired version answers the
+requests that already hold it, and releases its sessions once the last of them is answered.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.config import Settings
 from service.errors import UnknownModel, VersionRefused
+from service.frames import FrameStore
+from service.lifecycle.shadow import ShadowRun
 from service.lifecycle.store import Activation, ActivationKind, VersionStore
 from service.metrics import inspection_metrics
 from service.model_store import ModelStoreError, ModelVersion, load_version, model_names, parse_ref
@@ -36,14 +44,19 @@ class ServedModels:
         """`versions`: per model, its loaded versions, the active one first."""
         # Replaced whole, never changed in place: a request reads them without a lock while a version
         # is loaded or switched to in another thread.
-        self._versions = versions
+        self._versions = versions  # an unloaded model: no versions
         self._active = {name: next(iter(loaded)) for name, loaded in versions.items()}
+        self._manifests = {name: loaded[self._active[name]].manifest for name, loaded in versions.items()}
+        self._shadows: dict[str, ShadowRun] = {}
+        self._ended_shadows: list[ShadowRun] = []
         self.thresholds = thresholds
         self._pool = pool
         self._settings = settings
         self._loading = threading.Lock()  # one version loads at a time in a worker
+        self._following = threading.Lock()  # the watcher and a change's route follow one at a time
         # Which version of each model is active, kept beside the thresholds (`service.lifecycle`).
         self.lifecycle = VersionStore(thresholds.engine)
+        self.frames = FrameStore(thresholds.engine, (settings or Settings()).kept_frames_max_bytes)
 
     @staticmethod
     def preflight(settings: Settings) -> None:
@@ -86,6 +99,8 @@ class ServedModels:
         except KeyError:
             known = ", ".join(sorted(self._versions))
             raise UnknownModel(f"no model named {name!r}; served models: {known}") from None
+        if not loaded:
+            raise UnknownModel(f"{name} is unloaded; load it with POST /v1/models/{name}/load")
         if version is None:
             return loaded[self._active[name]]
         try:
@@ -97,12 +112,24 @@ class ServedModels:
             ) from None
 
     def versions(self, name: str) -> list[int]:
-        """The model's loaded versions, in order."""
-        self.get(name)  # 404 for a model not served
+        """The model's loaded versions, in order (none when it is unloaded)."""
+        self._known(name)
         return sorted(self._versions[name])
 
     def active_version(self, name: str) -> int:
-        return self.get(name).manifest.version
+        """The model's active version, also while it is unloaded (the one it comes back with)."""
+        self._known(name)
+        return self._active[name]
+
+    def state(self, name: str) -> Activation:
+        """The model's lifecycle revision in force; on its first use, what this worker serves becomes revision 1."""
+        active = self.active_version(name)
+        others = tuple(v for v in sorted(self._versions[name]) if v != active)
+        return self.lifecycle.current(name, active, served=bool(self._versions[name]), loaded=others)
+
+    def shadow(self, name: str) -> ShadowRun | None:
+        """The model's shadow run in force in this worker, if any."""
+        return self._shadows.get(name)
 
     def load_version(self, name: str, version: int) -> Predictor:
         """`version` of a served model loaded and warmed up beside the others (blocking: call it off the
@@ -112,17 +139,15 @@ class ServedModels:
         if self._settings is None:
             raise RuntimeError("these models were not loaded from settings; they cannot load more")
         with self._loading:
-            loaded = self._versions.get(name)
-            if loaded is None:
-                self.get(name)  # 404
+            loaded = self._versions.get(name, {})
             if version in loaded:
                 return loaded[version]
-            active = self.get(name).manifest
             try:
                 model = load_version(self._settings.model_store, name, version)
             except ModelStoreError as exc:
                 raise VersionRefused(f"{name}:{version} cannot go live: {exc}") from None
             manifest = model.manifest
+            active = self._manifests.get(name, manifest)
             if (manifest.task, manifest.defect_classes) != (active.task, active.defect_classes):
                 raise VersionRefused(
                     f"{manifest.ref} cannot go live: its thresholds would not follow. It is a {manifest.task} model "
@@ -134,18 +159,84 @@ class ServedModels:
             except Exception as exc:  # whatever the graph or the provider says: the version is refused
                 log.warning("%s refused: %s", manifest.ref, exc)
                 raise VersionRefused(f"{manifest.ref} cannot go live: it failed to load or warm up: {exc}") from None
-            self._versions = {**self._versions, name: {**loaded, version: predictor}}
+            self._versions = {**self._versions, name: {**self._versions.get(name, {}), version: predictor}}
+            self._manifests.setdefault(name, manifest)
             return predictor
 
     def switch(self, name: str, version: int) -> None:
         """Make a loaded version the one that answers requests naming none; requests under way finish
         on the version they started with."""
-        if version not in self._versions[name]:
+        if version not in self._versions.get(name, {}):
             raise RuntimeError(f"{name}:{version} is not loaded; load it first")
-        if self._active[name] != version:
+        if self._active.get(name) != version:
             self._active = {**self._active, name: version}
+            self._manifests = {**self._manifests, name: self._versions[name][version].manifest}
             log.info("%s:%d is now active", name, version)
         self._show_active(name)
+
+    def follow(self, state: Activation, shadow_run: int | None = None) -> None:
+        """Serve what the model's lifecycle revision `state` says: its versions loaded (each warmed up
+        beside those serving), its active version switched to, its shadow run (started by revision
+        `shadow_run`) in force, and every other version retired. Raises `VersionRefused`, changing
+        nothing, when its active version cannot go live; another wanted version that cannot is left
+        out, and logged."""
+        with self._following:
+            self._follow(state, shadow_run)
+
+    def _follow(self, state: Activation, shadow_run: int | None) -> None:
+        name = state.model
+        wanted = state.wanted
+        if state.served:
+            self.load_version(name, state.version)
+            for version in sorted(wanted - {state.version}):
+                try:
+                    self.load_version(name, version)
+                except VersionRefused as exc:
+                    log.error("%s revision %d: %s", name, state.revision, exc)
+                    wanted.discard(version)
+            self.switch(name, state.version)
+        self._follow_shadow(state, shadow_run if state.shadow is not None and state.shadow.version in wanted else None)
+        with self._loading:
+            loaded = self._versions.get(name, {})
+            retired = [predictor for version, predictor in loaded.items() if version not in wanted]
+            if retired:
+                self._versions = {**self._versions, name: {v: p for v, p in loaded.items() if v in wanted}}
+        for predictor in retired:
+            log.info("unloading %s", predictor.manifest.ref)
+            predictor.retire()
+            _show_loaded(predictor, False)
+        if name not in self._versions:  # a model this worker never served, unloaded
+            self._versions = {**self._versions, name: {}}
+        if name not in self._active:
+            self._active = {**self._active, name: state.version}
+
+    def _follow_shadow(self, state: Activation, run: int | None) -> None:
+        name = state.model
+        current = self._shadows.get(name)
+        if current is not None and (run is None or current.run != run):
+            self._shadows = {n: r for n, r in self._shadows.items() if n != name}
+            current.stop()
+            self._ended_shadows.append(current)  # its last counts are saved at the next flush
+        if run is not None and (current is None or current.run != run):
+            assert state.shadow is not None
+            candidate = self._versions[name][state.shadow.version]
+            shadow = ShadowRun(
+                run,
+                state.shadow,
+                candidate,
+                self.lifecycle,
+                self.frames,
+                max_in_flight=(self._settings or Settings()).max_batch_size,
+            )
+            self._shadows = {**self._shadows, name: shadow}
+            log.info("shadow run %d: %s on %.0f%% of frames", run, candidate.manifest.ref, 100 * state.shadow.share)
+
+    def flush_shadows(self, server: str, worker: int) -> None:
+        """Save this worker's counts of every shadow run (blocking)."""
+        with self._following:
+            ended, self._ended_shadows = self._ended_shadows, []
+        for run in [*ended, *self._shadows.values()]:
+            run.flush(server, worker)
 
     def carry_thresholds(self, change: Activation) -> None:
         """The model's thresholds carry over to the version `change` made active, recorded as a thresholds
@@ -163,13 +254,25 @@ class ServedModels:
         metrics.active_version.labels(name).set(manifest.version)
         metrics.thresholds_revision.labels(name).set(self.thresholds.active(manifest).revision)
 
+    def _known(self, name: str) -> None:
+        if name not in self._versions:
+            known = ", ".join(sorted(self._versions))
+            raise UnknownModel(f"no model named {name!r}; served models: {known}")
+
     def __contains__(self, name: str) -> bool:
         return name in self._versions
 
     def names(self) -> list[str]:
+        """The models this worker serves (loaded)."""
+        return sorted(name for name, loaded in self._versions.items() if loaded)
+
+    def known(self) -> list[str]:
+        """Every model this worker has served, loaded or unloaded now."""
         return sorted(self._versions)
 
     def close(self) -> None:
+        for run in self._shadows.values():
+            run.stop()
         for loaded in self._versions.values():
             for predictor in loaded.values():
                 predictor.close()
@@ -178,14 +281,20 @@ class ServedModels:
 
 
 def _open(model: ModelVersion, settings: Settings, pool: ThreadPoolExecutor, verb: str = "serving") -> Predictor:
-    """A model version's predictor, its session warmed up; `verb` says so in the log."""
+    """A model version's predictor, its session warmed up and a blank frame answered (`check_answers`);
+    `verb` says so in the log."""
     manifest = model.manifest
     session = open_session(model, settings, RuntimeOptions.from_settings(settings))
     # Before it answers anything: first runs pay for kernel searches and engine builds.
     warm_up_s = session.warm_up()
-    inspection_metrics().model_info.labels(
-        manifest.name, str(manifest.version), manifest.task.value, session.provider
-    ).set(1)
+    predictor = Predictor(model, session, settings, pool)
+    try:
+        predictor.check_answers()
+    except Exception as exc:
+        predictor.close()
+        session.release()
+        raise RuntimeError(f"{manifest.ref}: its manifest cannot read the graph's outputs: {exc}") from exc
+    _show_loaded(predictor, True)
     log.info(
         "%s %s (%s) on %s, batch sizes %s, warmed up in %.2f s",
         verb,
@@ -195,7 +304,14 @@ def _open(model: ModelVersion, settings: Settings, pool: ThreadPoolExecutor, ver
         ", ".join(map(str, session.batch_sizes or ("any",))),
         warm_up_s,
     )
-    return Predictor(model, session, settings, pool)
+    return predictor
+
+
+def _show_loaded(predictor: Predictor, loaded: bool) -> None:
+    manifest = predictor.manifest
+    inspection_metrics().model_info.labels(
+        manifest.name, str(manifest.version), manifest.task.value, predictor.provider
+    ).set(1 if loaded else 0)
 
 
 def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOptions) -> InferenceSession:

@@ -266,9 +266,14 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             except InspectionError as exc:
                 raise type(exc)(f"{sample.name}: {exc.message}") from exc
 
-        tally = await run_sweep(
-            manifest, samples, predict, SWEEP_CONCURRENCY, lambda line: log.info("sweep of %s: %s", manifest.name, line)
-        )
+        with predictor.held():  # a version unloaded meanwhile is released once the sweep is over
+            tally = await run_sweep(
+                manifest,
+                samples,
+                predict,
+                SWEEP_CONCURRENCY,
+                lambda line: log.info("sweep of %s: %s", manifest.name, line),
+            )
         try:
             report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
         except ValueError as exc:

@@ -1,11 +1,15 @@
-"""Every worker follows the active versions recorded in the database.
+"""Every worker follows the model lifecycle recorded in the database.
 
-A change of active version (an activation, a rollback) is written once, by the worker that took the
-request; every worker of every server on that database polls the newest revision numbers a few times
-a second (one cheap query), and on a change loads the version now active beside the others (off the
-request path, in this thread: a load never holds up a request), then switches to it and reports the
-switch, which the activation's answer waits for. A worker that starts follows the database from its
-first request on; one that cannot load a version keeps serving the one it has, and says why once.
+A change (an activation, a rollback, a load or unload, a shadow run) is written once, by the worker
+that took the request; every worker of every server on that database polls the newest revision
+numbers a few times a second (one cheap query), and on a change does what the model's new revision
+says (`ServedModels.follow`): loads the versions it wants beside the others (off the request path, in
+this thread: a load never holds up a request), switches the active one, and reports the switch, which
+the activation's answer waits for; versions no longer wanted are released once their last request is
+answered. A model another server loaded at run time is loaded here too when this server's model store
+has it. A worker that starts follows the database from its first request on; one that cannot load a
+version keeps serving the one it has, and says why once. Each poll also saves this worker's counts of
+its shadow runs.
 
 With `INSPECTION_ACTIVATE_NEW_VERSIONS`, a version newer than any the model has had that appears in
 the model store (an export writes it whole, at once) goes live by itself once it loads and warms up,
@@ -45,12 +49,14 @@ class VersionWatcher:
         store: VersionStore,
         server: str,
         worker: int,
+        model_store: Path,
         poll_s: float = POLL_S,
-        new_versions_from: Path | None = None,
+        activate_new: bool = False,
     ) -> None:
-        """`new_versions_from`: the model store whose new versions go live by themselves (None: none do)."""
+        """`activate_new`: a new version in `model_store` goes live by itself."""
         self._models = models
-        self._new_versions_from = new_versions_from
+        self._model_store = model_store
+        self._activate_new = activate_new
         # (model, version) in the store that will not go live by itself: refused, or not newer than
         # a version the model has had (the history only grows, so that never changes).
         self._passed_over: set[tuple[str, int]] = set()
@@ -64,33 +70,38 @@ class VersionWatcher:
         self._failing = False
 
     def follow(self) -> None:
-        """Load and switch to every model's active version where its revision changed since the last look."""
+        """Follow every model whose revision changed since the last look, then save the shadow runs' counts."""
         newest = self._store.newest_revisions()
-        for name in self._models.names():
+        known = set(self._models.known())
+        for name in sorted(known | set(newest)):
             if name in self._seen and newest.get(name) == self._seen[name]:
                 continue
-            current = self._store.current(name, self._models.active_version(name))
+            if name not in known and not (self._model_store / name).is_dir():
+                self._seen[name] = newest[name]  # another server's model: not in this one's store
+                continue
+            current = self._models.state(name) if name in known else self._store.newest(name)
+            assert current is not None  # a model in the database
             try:
-                self._models.load_version(name, current.version)
+                self._models.follow(current, self._store.run_in_force(current))
             except VersionRefused as exc:
-                active = self._models.active_version(name)
-                log.error("%s revision %d: keeping version %d: %s", name, current.revision, active, exc)
+                log.error("%s revision %d: keeping what is served: %s", name, current.revision, exc)
             else:
-                self._models.switch(name, current.version)
-                self._store.report_switch(self._server, self._worker, name, current.version)
+                if current.served:
+                    self._store.report_switch(self._server, self._worker, name, current.version)
             self._seen[name] = current.revision
+        self._models.flush_shadows(self._server, self._worker)
 
     def activate_new(self) -> None:
         """Activate, on the database, each model's newest stored version when it is newer than any the
         model has had and the model is not pinned."""
-        if self._new_versions_from is None:
+        if not self._activate_new:
             return
         for name in self._models.names():
-            newest = max(version_numbers(self._new_versions_from / name), default=0)
+            newest = max(version_numbers(self._model_store / name), default=0)
             active = self._models.active_version(name)
             if newest <= active or (name, newest) in self._passed_over:
                 continue
-            current = self._store.current(name, active)
+            current = self._models.state(name)
             if current.pinned:
                 continue
             if newest <= max(r.version for r in self._store.history(name, limit=1000)):

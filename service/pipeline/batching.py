@@ -91,8 +91,10 @@ class MicroBatcher:
         return await pending.future
 
     def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        """Stop the batch loop and its thread; safe from any thread."""
+        task = self._loop_task
+        if task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _serve_batches(self) -> None:

@@ -12,16 +12,20 @@ decode -> preprocess            (decode thread; a bad image fails here, alone; r
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.config import Settings
-from service.manifest import ModelManifest, OutputDecoder
+from service.errors import UnknownModel
+from service.manifest import InputSpec, ModelManifest, OutputDecoder
 from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
 from service.pipeline.batching import BatchedResult, MicroBatcher
@@ -32,10 +36,13 @@ from service.pipeline.runtime import InferenceSession
 from service.tasks import Answer, PredictionOptions, head_for, parse_options
 from service.thresholds.rules import ThresholdSet
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PreparedImage:
     tensor: np.ndarray  # (C, H, W) uint8 at the geometry's input size (the model's, or less padded to a stride)
+    spec: InputSpec  # the input it was prepared for
     geometry: Geometry
     active: ThresholdSet  # the thresholds revision in force when the image was read
     decode_s: float
@@ -52,6 +59,12 @@ class Predictor:
         self._head = head_for(self.manifest)
         self._no_options = parse_options(self.manifest, {})
         self.session = session
+        # Requests using this version now; once it is retired (unloaded, or replaced as the active
+        # version) the last of them releases its sessions.
+        self._users = 0
+        self._retired = False
+        self._released = False
+        self._use = threading.Lock()
         self._max_pixels = settings.max_pixels
         self._pool = pool
         self._batcher = MicroBatcher(
@@ -72,22 +85,77 @@ class Predictor:
         return parse_options(self.manifest, given, what) if given else self._no_options
 
     async def predict(self, frame: Frame, options: PredictionOptions, active: ActiveThresholds) -> Answer:
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._pool, self._prepare, frame, active)
+        return await self.finish(await self.prepare(frame, active), options)
+
+    async def prepare(self, frame: Frame, active: ActiveThresholds) -> PreparedImage:
+        """Decode and preprocess, in a decode thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, frame, active)
+
+    async def finish(self, prepared: PreparedImage, options: PredictionOptions, observe: bool = True) -> Answer:
+        """Batch, infer and post-process a prepared image (one this version prepared, or another
+        version of the same input); `observe`: into the request metrics (a shadow run's are not)."""
         batched = await self._batcher.submit(prepared.tensor)
         thresholds = options.thresholds_for(prepared.active)
         started = time.perf_counter()
         if self._head.on_event_loop:
             answer = self._postprocess(batched.outputs, prepared.geometry, options, thresholds)
         else:
-            answer = await loop.run_in_executor(
+            answer = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._postprocess, batched.outputs, prepared.geometry, options, thresholds
             )
-        self._observe(prepared, batched, time.perf_counter() - started, answer)
+        if observe:
+            self._observe(prepared, batched, time.perf_counter() - started, answer)
         return answer
+
+    def check_answers(self) -> None:
+        """Answer a blank frame of the model's input size, at the manifest's thresholds: a graph whose
+        outputs its manifest cannot read (a class missing under an output of unstated width, another
+        layout) fails here, before it answers anything, not at its first frame."""
+        spec = self.manifest.input
+        defaults = ThresholdSet(revision=0, values=dict(self.manifest.thresholds), nms_iou=self.manifest.nms_iou)
+        blank = np.full((spec.height, spec.width, spec.channels), 128, dtype=np.uint8)
+        prepared = self._prepare(blank, lambda _: defaults)
+        (outputs,) = self._infer([prepared.tensor])
+        self._postprocess(outputs, prepared.geometry, self._no_options, defaults)
+
+    @contextmanager
+    def held(self) -> Iterator[Predictor]:
+        """Use this version for a request (or a sweep): it is not released while held."""
+        with self._use:
+            if self._released:
+                raise UnknownModel(f"version {self.manifest.version} of {self.manifest.name} was just unloaded")
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._use:
+                self._users -= 1
+                release = self._retired and self._users == 0 and not self._released
+                self._released |= release
+            if release:  # on the event loop, often: the release is off it
+                threading.Thread(target=self._release, name=f"release-{self.manifest.ref}", daemon=True).start()
+
+    def retire(self) -> None:
+        """No new request gets this version any more: release its sessions now, or once the requests
+        under way finish."""
+        with self._use:
+            self._retired = True
+            release = self._users == 0 and not self._released
+            self._released |= release
+        if release:
+            self._release()
+
+    @property
+    def released(self) -> bool:
+        return self._released
 
     def close(self) -> None:
         self._batcher.close()
+
+    def _release(self) -> None:
+        self.close()
+        self.session.release()
+        log.info("released %s", self.manifest.ref)
 
     def _prepare(self, frame: Frame, active: ActiveThresholds) -> PreparedImage:
         spec = self.manifest.input
@@ -98,7 +166,9 @@ class Predictor:
         decoded_at = time.perf_counter()
         tensor, geometry = to_model_input(decoded, spec)
         prepared_at = time.perf_counter()
-        return PreparedImage(tensor, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at)
+        return PreparedImage(
+            tensor, spec, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at
+        )
 
     def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
         rows = self.session.batch_rows(len(images))

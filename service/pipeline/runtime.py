@@ -17,6 +17,8 @@ precision, and built by one worker while the others wait (`engine_cache`).
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +38,16 @@ from service.pipeline.providers import (
     choose_provider,
     probe_host_gpu,
 )
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc), so that memory released by a session
+    shows as released; elsewhere, nothing."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -161,6 +173,12 @@ class InferenceSession:
         if images is None or images == len(batch):
             return outputs
         return [output[:images] for output in outputs]
+
+    def release(self) -> None:
+        """Drop the onnxruntime sessions (their memory goes with them: nothing else refers to them) and
+        hand the freed heap back to the system; the session runs nothing after this."""
+        self.sessions.clear()
+        trim_heap()
 
     def warm_up(self) -> float:
         """Run every fixed batch size once (or a single image when any size goes); returns the seconds."""

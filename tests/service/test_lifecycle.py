@@ -208,7 +208,7 @@ def test_a_new_export_goes_live_by_itself_when_asked_unless_the_model_is_pinned(
             return versions_cli(["--url", server.url, *args])
 
         assert cli("status", CLASSIFIER) == 0
-        assert "version 2 active (revision 3, pinned); loaded [1, 2]; in the store [1, 2, 3]" in capsys.readouterr().out
+        assert "version 2 active (revision 3, pinned); loaded [2]; in the store [1, 2, 3]" in capsys.readouterr().out
         who = ("--author", "a.lindqvist", "--reason", "by hand", "--token", TOKEN)
         assert cli("activate", CLASSIFIER, "3", *who) == 0
         shown = capsys.readouterr().out
