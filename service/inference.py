@@ -144,7 +144,7 @@ class Inference:
         prepared = await predictor.prepare(frame, active)
         started = time.perf_counter()
         answer = await predictor.finish(prepared, options)
-        busy = self.admission.waiting(predictor.manifest.name) > 0
+        busy = self.admission.busy(predictor.manifest.name)
         shadow.offer(frame, prepared, options, answer, time.perf_counter() - started, busy)
         return answer
 

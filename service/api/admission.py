@@ -292,6 +292,18 @@ class Admission:
         load = self._models.get(model)
         return 0 if load is None else len(load.waiting)
 
+    def busy(self, model: str) -> bool:
+        """Whether `model` is queueing: a request admitted now would take over twice what it takes on an
+        idle model, or requests wait for admission. What can wait (a shadow run) sheds then."""
+        load = self._models.get(model)
+        if load is None:
+            return False
+        if load.waiting:
+            return True
+        now = self._clock()
+        expected = load.expected_latency_s(now)
+        return expected is not None and expected > 2 * load.idle_latency_s(now)
+
     @asynccontextmanager
     async def place(
         self, model: str, budget_s: float | None = None, arrived: float | None = None

@@ -8,9 +8,10 @@ run takes `share` of them (every 1/share-th frame, so a share is exact), and run
 image the active version already decoded and preprocessed (when both take the same input), in a task
 of its own. The active answer has gone before the candidate's is made, and is never changed by it.
 
-Shed first: a frame is not taken while requests for the model wait for admission, or while
-`max_in_flight` of the run's frames are still running (a slow or stuck candidate cannot pile up
-work); a candidate that fails counts as failed, and its error is logged once.
+Shed first: a frame is not taken while the model is queueing (admission's `busy`: a request admitted
+now would take over twice an idle model's time, or requests wait for admission), or while `max_in_flight` of the run's frames are still
+running (a slow or stuck candidate cannot pile up work); a candidate that fails counts as failed, and
+its error is logged once.
 
 Each compared frame adds to the run's `Tally`: per defect class, agreement on the decision and on
 the label (the task's head decides what a label is, and the IoU of boxes or masks), the confusion of
@@ -189,8 +190,8 @@ class ShadowRun:
         active_s: float,
         busy: bool,
     ) -> None:
-        """A frame the active version answered in `active_s` (prepared image to answer); `busy`: requests
-        wait for the model. Returns at once; the candidate runs in a task of its own."""
+        """A frame the active version answered in `active_s` (prepared image to answer); `busy`: the model
+        is queueing. Returns at once; the candidate runs in a task of its own."""
         if self._stopped:
             return
         self._credit += self.spec.share

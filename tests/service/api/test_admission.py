@@ -263,3 +263,20 @@ def test_a_request_is_expected_to_take_the_work_ahead_of_it_plus_the_own_time_of
             await held.release(place)
 
     scenario(body)
+
+
+def test_a_model_is_busy_once_a_request_admitted_now_would_queue():
+    admission, clock = busy_model(budget_s=0.1)
+    assert admission.expected_latency_s("m") == pytest.approx(0.010)  # idle: one pace
+    assert not admission.busy("m") and not admission.busy("never-seen")
+
+    async def body() -> None:
+        held = Held(admission)
+        await held.take()
+        # One at the model, at a depth not seen lately (counted twice): 3 paces, over twice an idle one's.
+        assert admission.expected_latency_s("m") == pytest.approx(0.030)
+        assert admission.busy("m")
+        await held.release_all(clock, 0.010)
+        assert not admission.busy("m")
+
+    scenario(body)
