@@ -234,7 +234,9 @@ class ServedModels:
     def flush_shadows(self, server: str, worker: int) -> None:
         """Save this worker's counts of every shadow run (blocking)."""
         with self._following:
-            ended, self._ended_shadows = self._ended_shadows, []
+            ended = self._ended_shadows
+            # An ended run is saved until its last frames are counted.
+            self._ended_shadows = [run for run in ended if not run.finished]
         for run in [*ended, *self._shadows.values()]:
             run.flush(server, worker)
 

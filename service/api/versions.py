@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.schemas import ErrorResponse
 from service.api.thresholds import AuditedChange, admin_only
 from service.config import Settings
-from service.errors import InvalidParameters, NotFound
+from service.errors import InspectionError, InvalidParameters, NotFound
 from service.lifecycle.shadow import SOURCE as SHADOW
 from service.lifecycle.shadow import Tally, quantile_ms
 from service.lifecycle.store import MAX_KEPT_FRAMES, Activation, ActivationKind, Shadow
@@ -282,9 +282,9 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
         models = served_models()
         models.get(model)  # 404 first
         version = _latest(settings, model) if body.version == "latest" else body.version
-        models.load_version(model, version)
-        change = models.lifecycle.activate(model, version, **_audit(body))
-        return _followed(settings, models, change)
+        return _load_then(
+            settings, models, model, version, lambda: models.lifecycle.activate(model, version, **_audit(body))
+        )
 
     @change_route("/versions/rollback", "Back to the version active before this one, on every worker")
     def rollback(model: str, body: AuditedChange) -> SwitchedView:
@@ -292,9 +292,7 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
         previous = models.lifecycle.previous_version(model, models.state(model).version)
         if previous is None:
             raise InvalidParameters(f"{model} has had no other active version to roll back to")
-        models.load_version(model, previous)
-        change = models.lifecycle.rollback(model, **_audit(body))
-        return _followed(settings, models, change)
+        return _load_then(settings, models, model, previous, lambda: models.lifecycle.rollback(model, **_audit(body)))
 
     @change_route("/versions/pin", "Pin or unpin the active version", ActivationView)
     def pin(model: str, body: Pin) -> ActivationView:
@@ -306,8 +304,9 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
     def load_version(model: str, version: Version, body: AuditedChange) -> SwitchedView:
         models = served_models()
         models.get(model)  # 404 first, also while unloaded
-        models.load_version(model, version)
-        return _followed(settings, models, models.lifecycle.load(model, version, **_audit(body)))
+        return _load_then(
+            settings, models, model, version, lambda: models.lifecycle.load(model, version, **_audit(body))
+        )
 
     @change_route("/versions/{version}/unload", "Unload a version loaded beside the active one, on every worker")
     def unload_version(model: str, version: Version, body: AuditedChange) -> SwitchedView:
@@ -319,8 +318,9 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
     def load_model(model: str, body: AuditedChange) -> SwitchedView:
         models = served_models()
         current = _state(settings, models, model)
-        models.load_version(model, current.version)
-        return _followed(settings, models, models.lifecycle.load(model, None, **_audit(body)))
+        return _load_then(
+            settings, models, model, current.version, lambda: models.lifecycle.load(model, None, **_audit(body))
+        )
 
     @change_route("/unload", "Unload every version of a model, on every worker")
     def unload_model(model: str, body: AuditedChange) -> SwitchedView:
@@ -334,9 +334,9 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
         models.get(model)  # 404 first
         version = _latest(settings, model) if body.version == "latest" else body.version
         spec = Shadow(version, body.share, body.keep_frames)
-        if version != models.active_version(model):
-            models.load_version(model, version)
-        return _followed(settings, models, models.lifecycle.start_shadow(model, spec, **_audit(body)))
+        return _load_then(
+            settings, models, model, version, lambda: models.lifecycle.start_shadow(model, spec, **_audit(body))
+        )
 
     @change_route("/shadow/stop", "End the shadow run, on every worker")
     def stop_shadow(model: str, body: AuditedChange) -> SwitchedView:
@@ -578,6 +578,23 @@ def _report(models: ServedModels, model: str, run: int | None) -> ShadowReport:
         kept_frames=models.frames.count(model, SHADOW, started.revision),
         as_of=as_of,
     )
+
+
+def _load_then(
+    settings: Settings, models: ServedModels, model: str, version: int, write: Callable[[], Activation]
+) -> SwitchedView:
+    """`version` loaded and warmed up in this worker (refused, 422, when it cannot go live), then the
+    change `write` makes, followed by every worker. When the change is refused (409, 422), this
+    worker goes back to what the newest revision wants: the version loaded for it is released."""
+    models.load_version(model, version)
+    try:
+        change = write()
+    except InspectionError:
+        newest = models.lifecycle.newest(model)
+        if newest is not None:
+            models.follow(newest, models.lifecycle.run_in_force(newest))
+        raise
+    return _followed(settings, models, change)
 
 
 def _followed(settings: Settings, models: ServedModels, change: Activation) -> SwitchedView:

@@ -9,9 +9,9 @@ image the active version already decoded and preprocessed (when both take the sa
 of its own. The active answer has gone before the candidate's is made, and is never changed by it.
 
 Shed first: a frame is not taken while the model is queueing (admission's `busy`: a request admitted
-now would take over twice an idle model's time, or requests wait for admission), or while `max_in_flight` of the run's frames are still
-running (a slow or stuck candidate cannot pile up work); a candidate that fails counts as failed, and
-its error is logged once.
+now would take over twice an idle model's time, or requests wait for admission), or while
+`max_in_flight` of the run's frames are still running (a slow or stuck candidate cannot pile up
+work); a candidate that fails counts as failed, and its error is logged once.
 
 Each compared frame adds to the run's `Tally`: per defect class, agreement on the decision and on
 the label (the task's head decides what a label is, and the IoU of boxes or masks), the confusion of
@@ -221,6 +221,11 @@ class ShadowRun:
     def stop(self) -> None:
         """Take no more frames; those under way finish, or find the candidate released."""
         self._stopped = True
+
+    @property
+    def finished(self) -> bool:
+        """Stopped, with none of its frames still running: its counts are final."""
+        return self._stopped and self._in_flight == 0
 
     async def _compare(
         self, frame: Frame, prepared: PreparedImage, options: PredictionOptions, answer: Answer, active_s: float

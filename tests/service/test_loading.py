@@ -97,6 +97,14 @@ def test_models_and_versions_load_and_unload_at_run_time(store, tmp_path, capsys
         assert (
             "its manifest cannot read the graph's outputs: expected 4 scores" in unreadable.json()["error"]["message"]
         )
+        stale = http.post(
+            f"/v1/models/{CLASSIFIER}/versions/2/load",
+            json={"author": "o.berg", "reason": "stale", "expected_revision": 1},
+            headers=AUTH,
+        )
+        assert stale.status_code == 409, stale.text
+        for _ in range(4):  # the version loaded for the refused change is released again
+            assert http.get(f"/v1/models/{CLASSIFIER}/versions").json()["loaded"] == [1]
         missing = change("/versions/9/load")
         assert missing.status_code == 422 and missing.json()["error"]["code"] == "version_refused"
 
