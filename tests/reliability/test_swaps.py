@@ -77,7 +77,7 @@ def test_swaps_under_load_fail_nothing_and_refused_versions_leave_nothing_loaded
             time.sleep(0.5)
             unloaded_mb = memory_mb() - before_mb
             # A few swaps first: a server's first ones grow its heap (the route's threads and their
-            # allocator arenas) by a few MB, once; 60 swaps more grow it no further.
+            # allocator arenas) by a few MB, once.
             for route, version in (("activate", 2), ("rollback", None), ("activate", 2)):
                 assert change(route, **({} if version is None else {"version": version})).status_code == 200
             time.sleep(0.5)
