@@ -85,9 +85,8 @@ class VersionWatcher:
                 self._models.follow(current, self._store.run_in_force(current))
             except VersionRefused as exc:
                 log.error("%s revision %d: keeping what is served: %s", name, current.revision, exc)
-            else:
-                if current.served:
-                    self._store.report_switch(self._server, self._worker, name, current.version)
+            else:  # an unload too: the change's answer waits for every worker to have followed it
+                self._store.report_switch(self._server, self._worker, name, current.version)
             self._seen[name] = current.revision
         self._models.flush_shadows(self._server, self._worker)
 

@@ -111,6 +111,7 @@ def test_models_and_versions_load_and_unload_at_run_time(store, tmp_path, capsys
         # The whole model: 404 saying so on both workers, the detector unaffected; then back.
         unloaded = change("/unload")
         assert unloaded.status_code == 200 and unloaded.json()["served"] is False
+        assert len(unloaded.json()["workers_switched"]) == 2 and unloaded.json()["all_switched_at"] is not None
         for _ in range(4):
             answer = predict(CLASSIFIER)
             assert answer.status_code == 404, answer.text
