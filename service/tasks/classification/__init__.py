@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
-from service.tasks.base import ClassAgreement, PredictionOptions
+from service.manifest import OutputDecoder, Task
+from service.tasks.base import PredictionOptions
 from service.tasks.classification import agreement, samples, tensors
 from service.tasks.classification.answer import ClassificationAnswer
 from service.tasks.classification.postprocess import postprocess_classification
@@ -22,11 +22,7 @@ class ClassificationHead:
     def postprocess(self, outputs, geometry, manifest, thresholds, options) -> ClassificationAnswer:  # see TaskHead
         return postprocess_classification(outputs[0], geometry, manifest, thresholds, options.class_filter)
 
-    def agreement(
-        self, active: ClassificationAnswer, candidate: ClassificationAnswer, manifest: ModelManifest
-    ) -> dict[str, ClassAgreement]:
-        return agreement.agreement(active, candidate, manifest)
-
+    agreement = staticmethod(agreement.agreement)
     read_labels = staticmethod(samples.read_classification_labels)
     evidence = staticmethod(samples.ClassificationEvidence)
     output_specs = staticmethod(tensors.output_specs)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
-from service.tasks.base import ClassAgreement
+from service.manifest import OutputDecoder, Task
 from service.tasks.detection import agreement, samples, tensors
 from service.tasks.detection.answer import DetectionAnswer
 from service.tasks.detection.options import DetectionOptions
@@ -25,11 +24,7 @@ class DetectionHead:
             outputs, geometry, manifest, thresholds, options.max_detections, options.class_filter
         )
 
-    def agreement(
-        self, active: DetectionAnswer, candidate: DetectionAnswer, manifest: ModelManifest
-    ) -> dict[str, ClassAgreement]:
-        return agreement.agreement(active, candidate, manifest)
-
+    agreement = staticmethod(agreement.agreement)
     read_labels = staticmethod(samples.read_detection_labels)
     evidence = staticmethod(samples.DetectionEvidence)
     output_specs = staticmethod(tensors.output_specs)

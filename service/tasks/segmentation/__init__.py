@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from service.manifest import ModelManifest, OutputDecoder, Task
-from service.tasks.base import ClassAgreement
+from service.manifest import OutputDecoder, Task
 from service.tasks.segmentation import agreement, samples, tensors
 from service.tasks.segmentation.answer import SegmentationAnswer
 from service.tasks.segmentation.options import SegmentationOptions
@@ -25,11 +24,7 @@ class SegmentationHead:
             outputs[0], geometry, manifest, thresholds, options.mask_format, options.class_filter
         )
 
-    def agreement(
-        self, active: SegmentationAnswer, candidate: SegmentationAnswer, manifest: ModelManifest
-    ) -> dict[str, ClassAgreement]:
-        return agreement.agreement(active, candidate, manifest)
-
+    agreement = staticmethod(agreement.agreement)
     read_labels = staticmethod(samples.read_segmentation_labels)
     evidence = staticmethod(samples.SegmentationEvidence)
     output_specs = staticmethod(tensors.output_specs)
