@@ -243,7 +243,7 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
     )
     def read(model: str) -> VersionsView:
         models = served_models()
-        current = models.state(model)
+        current = _state(settings, models, model)  # a model only in the store too
         return VersionsView(
             model=model,
             active=current.version,
@@ -251,7 +251,7 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
             pinned=current.pinned,
             shadow=_shadow_view(current.shadow),
             revision=current.revision,
-            loaded=models.versions(model),
+            loaded=models.versions(model) if model in models else [],
             in_store=version_numbers(settings.model_store / model),
         )
 
@@ -531,8 +531,7 @@ def _report(models: ServedModels, model: str, run: int | None) -> ShadowReport:
     for text, saved_at in models.lifecycle.tallies(model, started.revision):
         tally.merge(Tally.from_json(text))
         as_of = saved_at if as_of is None else min(as_of, saved_at)
-    current = models.lifecycle.newest(model)
-    running = current is not None and models.lifecycle.shadow_run(model) == started
+    running = models.lifecycle.shadow_run(model) == started
     compared = tally.compared
 
     def share(count: int, of: int) -> float | None:

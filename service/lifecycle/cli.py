@@ -69,9 +69,11 @@ def run(client: httpx.Client, args: argparse.Namespace) -> str:
     token = args.token or os.environ.get(TOKEN_ENV)
     if not (token and args.author and args.reason):
         raise LifecycleError(f"{args.command} needs --author, --reason and a token (--token or {TOKEN_ENV})")
-    # A model loaded at run time may not be served yet: its revision is in the repository.
-    revision = _repository_revision(client, args.model)
-    body: dict[str, Any] = {"author": args.author, "reason": args.reason, "expected_revision": revision}
+    body: dict[str, Any] = {
+        "author": args.author,
+        "reason": args.reason,
+        "expected_revision": _ok(client.get(base))["revision"],
+    }
     path = f"{base}/{args.command}"
     if args.command == "activate":
         body["version"] = args.version if args.version == "latest" else int(args.version)
@@ -148,13 +150,6 @@ def _report(report: dict[str, Any]) -> str:
     )
     lines.append(f"disagreeing frames kept: {report['kept_frames']}")
     return "\n".join(lines)
-
-
-def _repository_revision(client: httpx.Client, model: str) -> int:
-    for entry in _ok(client.get("/v1/repository"))["models"]:
-        if entry["model"] == model:
-            return entry["revision"]
-    raise LifecycleError(f"the model store holds no model named {model!r}")
 
 
 def _given(**params: Any) -> dict[str, Any]:

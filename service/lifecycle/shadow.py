@@ -40,7 +40,7 @@ from service.errors import UnknownModel
 from service.frames import FrameStore
 from service.lifecycle.store import Shadow, VersionStore
 from service.metrics import inspection_metrics
-from service.pipeline.decode import Frame
+from service.pipeline.decode import SUPPORTED_FORMATS, Frame, sniff_format
 from service.pipeline.predictor import Predictor, PreparedImage
 from service.tasks import Answer, PredictionOptions, head_for
 from service.tasks.base import ClassAgreement
@@ -306,23 +306,14 @@ class ShadowRun:
 
 def frame_bytes(frame: Frame) -> tuple[bytes, str]:
     """A frame as an image file: as it came, or raw pixels as a PNG."""
-    if isinstance(frame, bytes):
-        return frame, _sniff(frame)
+    if isinstance(frame, bytes):  # one the active version decoded: a supported format
+        return frame, SUPPORTED_FORMATS.get(sniff_format(frame) or "", "application/octet-stream")
     from PIL import Image
 
     pixels = np.ascontiguousarray(frame)
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(buffer, "PNG")
     return buffer.getvalue(), "image/png"
-
-
-def _sniff(data: bytes) -> str:
-    for magic, kind in ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"BM", "image/bmp")):
-        if data.startswith(magic):
-            return kind
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    return "application/octet-stream"
 
 
 class _RunMetrics:
