@@ -155,6 +155,27 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token for threshold and model version changes; without one, changes are refused.",
     )
+    state_resync_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=3600,
+        description="Every worker reads the shared state (thresholds, model versions) again this often, whatever "
+        "the database's change notifications said: the safety net for a notification lost with a connection.",
+    )
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="After SIGTERM, seconds a worker goes on answering, /readyz saying 503 and each answer closing "
+        "its connection, before it stops accepting: long enough for load balancers to stop sending it traffic "
+        "(5 on Kubernetes).",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Then, seconds it waits at most for the requests in flight before it exits.",
+    )
     activate_new_versions: bool = Field(
         default=False,
         description="A version newer than any a model has had, appearing in the model store, goes live by itself "

@@ -86,6 +86,14 @@ class Overloaded(InspectionError):
     headers = {"Retry-After": "1"}
 
 
+class DatabaseUnavailable(InspectionError):
+    """The database of the shared state (thresholds, model versions) cannot be reached: a change or a
+    history cannot be read or written now. Predictions are unaffected (they use the state held)."""
+
+    status, code = 503, "database_unavailable"
+    headers = {"Retry-After": "1"}
+
+
 class TimedOut(InspectionError):
     status, code = 504, "timeout"
 

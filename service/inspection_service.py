@@ -1,8 +1,9 @@
 """The BentoML service: `bentoml serve service.inspection_service:InspectionService`.
 
-Each worker process loads every configured model once (ServedModels) and serves
-the HTTP API in `service.api`. BentoML supplies /livez, /readyz, /metrics, the
-request timeout and the worker processes.
+Each worker process loads every configured model once (ServedModels), follows the
+shared state in the database (`service.shared_state`) and serves the HTTP API in
+`service.api`. BentoML supplies /livez, /metrics, the request timeout and the worker
+processes; /readyz and the drain on SIGTERM are `service.health`'s.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from service.api.app import create_app
 from service.api.contract import PlainErrorsAsJson
 from service.api.predictions import DirectPredictions
 from service.config import get_settings
+from service.health import Health, ProbeRoutes, Warmth, drain_on_sigterm
 from service.lifecycle.watcher import VersionWatcher, server_identity
 from service.listening import bind_in_this_worker, bind_server_socket_for_workers, listeners, worker_argument
 from service.served_models import ServedModels
+from service.shared_state import StateFollower
+from service.warming import answer_while_warming
 
 _PR_SET_PDEATHSIG = 1
 _PARENT_AT_IMPORT = os.getppid()
@@ -41,8 +45,9 @@ if _fd is None:  # the `bentoml serve` process
     # Configuration mistakes (missing GPU, empty or broken model store) stop `bentoml serve` here,
     # with their message, instead of leaving a server whose workers cannot start.
     ServedModels.preflight(settings)
-    # Each worker listens on a socket of its own (see `listening`): the server's only holds the port.
-    bind_server_socket_for_workers()
+    # Each worker listens on a socket of its own (see `listening`): the server's only holds the port,
+    # and answers the probes itself until the workers are warm (see `warming`).
+    bind_server_socket_for_workers(lambda family, address: answer_while_warming(family, address, settings.workers))
     _own_socket = False
 else:  # a worker, before BentoML starts serving on the descriptor it was handed
     # Bound now, listening once the models are warm (uvicorn listens after the service's start-up).
@@ -70,11 +75,25 @@ def _served_models() -> ServedModels:
     return bentoml.get_current_service().models
 
 
-def _ready() -> bool:
-    return bool(bentoml.get_current_service().__is_ready__())
+def _warmth() -> Warmth | None:
+    """Every worker listens only once warm (`service.listening`): count the sockets listening."""
+    try:
+        models: ServedModels = _served_models()
+    except Exception:  # the service is not started yet
+        return None
+    if not models.names():
+        return None
+    if not _own_socket:
+        return Warmth(1, 1, counted=False)  # a shared socket: this worker answering is all that can be known
+    assert _fd is not None  # a worker
+    listening = listeners(_fd)
+    if listening is None:
+        return Warmth(1, 1, counted=False)
+    return Warmth(min(listening, settings.workers), settings.workers)
 
 
-api = create_app(settings, _served_models, _ready)
+health = Health(_warmth)
+api = create_app(settings, _served_models, health.ready)
 
 
 @bentoml.service(
@@ -91,9 +110,9 @@ api = create_app(settings, _served_models, _ready)
 class InspectionService:
     def __init__(self) -> None:
         die_with_server()
+        drain_on_sigterm(health, settings.drain_delay_s, settings.drain_timeout_s)
         self.models = ServedModels.load(settings)
-        # Before the worker listens: it serves the versions the database says are active from its first request.
-        self.watcher = VersionWatcher(
+        watcher = VersionWatcher(
             self.models,
             self.models.lifecycle,
             server_identity(),
@@ -101,29 +120,30 @@ class InspectionService:
             settings.model_store,
             activate_new=settings.activate_new_versions,
         )
-        self.watcher.start()
+        # Before the worker listens: it serves the state the database has from its first request.
+        self.follower = StateFollower(
+            self.models, watcher, self.models.thresholds.change_feed(), settings.state_resync_s
+        )
+        self.follower.start()
+        health.shared_state = lambda: self.follower.health
         if settings.freeze_startup_heap:
             # What start-up loaded (libraries, app, sessions) lives as long as the worker. Frozen, it is
             # skipped by Python's full collections, which otherwise stall the whole worker 50-150 ms.
             gc.freeze()
 
     def __is_ready__(self) -> bool:
-        """Ready when every worker is: each listens only once warm, so count the listening sockets."""
-        if not self.models.names():
-            return False
-        if not _own_socket:
-            return True  # a shared socket: this worker answering is all that can be known
-        assert _fd is not None  # a worker
-        listening = listeners(_fd)
-        return listening is None or listening >= settings.workers
+        """Ready when every worker is warm and none drains (`service.health`)."""
+        return health.ready()
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.watcher.stop()
+        self.follower.stop()
         self.models.close()
 
 
-# In front of BentoML's router: predictions straight to their endpoint (the first added is the outer).
+# In front of BentoML's router (the first added is the outer): /readyz, and answers that close their
+# connection while draining; predictions straight to their endpoint.
+InspectionService.add_asgi_middleware(ProbeRoutes, health=health)
 InspectionService.add_asgi_middleware(DirectPredictions, routes=api.state.direct_routes, settings=settings)
 # Around BentoML's router: its own plain-text errors (a path no route takes) in the error contract.
 InspectionService.add_asgi_middleware(PlainErrorsAsJson)

@@ -27,14 +27,16 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 _LINUX = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind_server_socket_for_workers() -> None:
-    """Make circus (under `bentoml serve`) bind TCP sockets with SO_REUSEPORT and leave listening to the workers."""
+def bind_server_socket_for_workers(on_bound: Callable[[socket.AddressFamily, tuple], None] | None = None) -> None:
+    """Make circus (under `bentoml serve`) bind TCP sockets with SO_REUSEPORT and leave listening to the
+    workers; `on_bound(family, address)` is told each address bound so."""
     if not _LINUX:
         return
     from circus.sockets import CircusSocket
@@ -54,6 +56,8 @@ def bind_server_socket_for_workers() -> None:
         self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.bind((self.host, self.port))
         self.setblocking(False)
+        if on_bound is not None:
+            on_bound(self.family, self.getsockname())
 
     bind_only._per_worker = True  # type: ignore[attr-defined]
     CircusSocket.bind_and_listen = bind_only
@@ -118,6 +122,11 @@ def listeners(fd: int) -> int | None:
         return None
     with socket.socket(fileno=os.dup(fd)) as sock:
         family, (host, port) = sock.family, sock.getsockname()[:2]
+    return listeners_at(family, host, port)
+
+
+def listeners_at(family: int, host: str, port: int) -> int | None:
+    """How many sockets listen on (host, port); None where this cannot be read."""
     table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
     wanted = f"{_proc_address(family, host)}:{port:04X}"
     try:

@@ -50,6 +50,11 @@ class InspectionMetrics:
     shadow_frames: Any
     shadow_decisions: Any
     shadow_class_agreement: Any
+    in_flight: Any
+    queue_depth: Any
+    refusals: Any
+    shared_state_up: Any
+    shared_state_synced: Any
 
 
 @lru_cache(maxsize=1)
@@ -112,5 +117,36 @@ def inspection_metrics() -> InspectionMetrics:
             "inspection_shadow_class_agreement",
             "Per defect class and frame of a shadow run: whether the candidate agreed on the decision or the label.",
             ["model", "candidate", "class_name", "on", "agrees"],
+        ),
+        # What an autoscaler scales on (docs/operations.md): summed over a server's live workers.
+        in_flight=Gauge(
+            "inspection_in_flight",
+            "Predictions admitted and not yet answered (uploading, queued for a batch, running).",
+            ["model"],
+            multiprocess_mode="livesum",
+        ),
+        queue_depth=Gauge(
+            "inspection_queue_depth",
+            "Predictions waiting for admission: the model cannot yet answer them within their budget.",
+            ["model"],
+            multiprocess_mode="livesum",
+        ),
+        refusals=Counter(
+            "inspection_refusals",
+            "Predictions refused with 503 by admission control: latency_budget (not answerable in time) or "
+            "worker_limit (INSPECTION_MAX_CONCURRENCY).",
+            ["model", "reason"],
+        ),
+        # The lowest over the server's live workers: 0 when any of them cannot reach the database.
+        shared_state_up=Gauge(
+            "inspection_shared_state_up",
+            "1 while the database of thresholds and model versions is reachable; 0 while the state last read "
+            "is served.",
+            multiprocess_mode="livemin",
+        ),
+        shared_state_synced=Gauge(
+            "inspection_shared_state_synced_timestamp_seconds",
+            "When the state served was last read whole from the database (Unix time; the oldest worker's).",
+            multiprocess_mode="livemin",
         ),
     )

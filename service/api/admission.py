@@ -45,8 +45,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.errors import Overloaded
+from service.metrics import inspection_metrics
 
 # The pace is the mean interval between the last answers while the model was busy: answers come in
 # batches (many at once, then a batch's time), so it takes a few batches to be steady, and a second
@@ -184,10 +186,12 @@ class _WaitingRoom:
     model's queue deep enough to batch; the oldest wait out their budget. First come, first served
     would feed the model only requests about to expire, one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, depth: Any) -> None:
+        """`depth`: the gauge that shows how many wait (`inspection_queue_depth`)."""
         self._heap: list[tuple[float, int, _Waiter]] = []
         self._arrivals = itertools.count()
         self._count = 0
+        self._depth = depth
 
     def __len__(self) -> int:
         return self._count
@@ -195,6 +199,7 @@ class _WaitingRoom:
     def add(self, waiter: _Waiter) -> None:
         heapq.heappush(self._heap, (-waiter.deadline, next(self._arrivals), waiter))
         self._count += 1
+        self._depth.inc()
 
     def first(self) -> _Waiter | None:
         while self._heap and (self._heap[0][2].gone or self._heap[0][2].place.done()):
@@ -211,17 +216,20 @@ class _WaitingRoom:
         if not waiter.gone:
             waiter.gone = True
             self._count -= 1
+            self._depth.dec()
 
 
 @dataclass(eq=False)
 class _ModelLoad:
+    model: str
+    in_flight: Any  # the gauge of what is admitted (`inspection_in_flight`)
+    waiting: _WaitingRoom
     working: int = 0  # predictions whose body has arrived, until their answer
     uploading: set[Place] = field(default_factory=set)  # admitted, body still arriving
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=_PACE_ANSWERS))  # between answers, busy
     pace_s: float | None = None  # their mean: the seconds per answer while the model is busy
     last_answer: float | None = None  # when the last answer went, if work was still in flight then
     own_time: OwnTime = field(default_factory=OwnTime)
-    waiting: _WaitingRoom = field(default_factory=_WaitingRoom)
 
     def ahead(self, now: float) -> int:
         """The predictions a request admitted now would wait behind: those at the model, and those
@@ -312,16 +320,23 @@ class Admission:
         waited for while it can still be answered in time; raises `Overloaded` once it cannot. Tell the
         place as its body arrives (`body_part_arrived`, `start_work`)."""
         budget_s = self.budget_s if budget_s is None else budget_s
-        load = self._models.setdefault(model, _ModelLoad())
+        load = self._models.get(model) or self._new_load(model)
         place = await self._enter(load, (self._clock() if arrived is None else arrived) + budget_s, budget_s)
         try:
             yield place
         finally:
             self._release(place)
 
+    def _new_load(self, model: str) -> _ModelLoad:
+        metrics = inspection_metrics()
+        load = _ModelLoad(model, metrics.in_flight.labels(model), _WaitingRoom(metrics.queue_depth.labels(model)))
+        self._models[model] = load
+        return load
+
     async def _enter(self, load: _ModelLoad, deadline: float, budget_s: float) -> Place:
         now = self._clock()
         if self.admitted >= self.limit:
+            inspection_metrics().refusals.labels(load.model, "worker_limit").inc()
             raise Overloaded(f"{self.admitted} predictions in progress on this worker; retry shortly")
         if load.fits(now, deadline):  # it has the most time left of all that wait: it goes first
             return self._take(load, now, budget_s)
@@ -348,6 +363,7 @@ class Admission:
     def _take(self, load: _ModelLoad, now: float, budget_s: float) -> Place:
         place = Place(load, self._clock, now, budget_s, load.ahead(now), load.pace_s)
         self.admitted += 1
+        load.in_flight.inc()
         load.uploading.add(place)
         if load.waiting or len(load.uploading) > 1:
             # An upload that stalls stops counting: look at the waiting room again when it would have.
@@ -362,6 +378,7 @@ class Admission:
     def _release(self, place: Place) -> None:
         now = self._clock()
         self.admitted -= 1
+        place.load.in_flight.dec()
         if place in place.load.uploading:  # its body never arrived
             place.load.uploading.discard(place)
         else:
@@ -384,6 +401,7 @@ def _given(waiter: _Waiter) -> bool:
 
 
 def _late(load: _ModelLoad, now: float, deadline: float, budget_s: float) -> Overloaded:
+    inspection_metrics().refusals.labels(load.model, "latency_budget").inc()
     expected = load.expected_latency_s(now) or 0.0
     return Overloaded(
         f"the expected latency, {1000 * expected:.0f} ms, is over the {1000 * max(0.0, deadline - now):.0f} ms "

@@ -7,12 +7,15 @@ mistake surfaces as an `InspectionError` and answers its own status with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -27,6 +30,7 @@ from service.api.v2.routes import v2_router
 from service.api.versions import versions_router
 from service.config import Settings
 from service.errors import (
+    DatabaseUnavailable,
     InspectionError,
     InvalidParameters,
     MalformedRequest,
@@ -38,6 +42,8 @@ from service.inference import LATENCY_BUDGET_HEADER, Inference
 from service.pipeline.decode import SUPPORTED_FORMATS
 from service.served_models import ServedModels
 from service.tasks import HEADS, PredictionAnswer
+
+log = logging.getLogger(__name__)
 
 _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
@@ -159,6 +165,17 @@ def create_app(
     @app.exception_handler(InspectionError)
     async def _inspection_error(request: Request, exc: InspectionError) -> JSONResponse:
         return error_response(exc, path=request.url.path)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: the database is unreachable: %s", request.method, request.url.path, exc)
+        error = DatabaseUnavailable(
+            "the database of thresholds and model versions cannot be reached; predictions go on with the "
+            "state last read; retry shortly"
+        )
+        return error_response(error, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

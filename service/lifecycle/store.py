@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from service.changes import announce
 from service.errors import Conflict, InvalidParameters
 from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
 from service.thresholds.store import _check_audit
@@ -445,6 +446,7 @@ class VersionStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(activations).values(**_row(new)))
+                announce(conn, "lifecycle", new.model, new.revision)
         except IntegrityError:
             with self._engine.connect() as conn:
                 newest = _newest(conn, new.model)

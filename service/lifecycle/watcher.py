@@ -1,15 +1,15 @@
 """Every worker follows the model lifecycle recorded in the database.
 
 A change (an activation, a rollback, a load or unload, a shadow run) is written once, by the worker
-that took the request; every worker of every server on that database polls the newest revision
-numbers a few times a second (one cheap query), and on a change does what the model's new revision
-says (`ServedModels.follow`): loads the versions it wants beside the others (off the request path, in
+that took the request; every worker of every server on that database learns of it from its state
+follower (`service.shared_state`, woken by the database's change feed), reads the newest revision
+numbers (one cheap query), and on a change does what the model's new revision says
+(`ServedModels.follow`): loads the versions it wants beside the others (off the request path, in
 this thread: a load never holds up a request), switches the active one, and reports the switch, which
 the activation's answer waits for; versions no longer wanted are released once their last request is
 answered. A model another server loaded at run time is loaded here too when this server's model store
 has it. A worker that starts follows the database from its first request on; one that cannot load a
-version keeps serving the one it has, and says why once. Each poll also saves this worker's counts of
-its shadow runs.
+version keeps serving the one it has, and says why once.
 
 With `INSPECTION_ACTIVATE_NEW_VERSIONS`, a version newer than any the model has had that appears in
 the model store (an export writes it whole, at once) goes live by itself once it loads and warms up,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from pathlib import Path
 
 from service.errors import Conflict, InvalidParameters, VersionRefused
@@ -32,8 +31,6 @@ from service.revisions import STORE_AUTHOR
 from service.served_models import ServedModels
 
 log = logging.getLogger(__name__)
-
-POLL_S = 0.25
 
 
 def server_identity() -> str:
@@ -50,7 +47,6 @@ class VersionWatcher:
         server: str,
         worker: int,
         model_store: Path,
-        poll_s: float = POLL_S,
         activate_new: bool = False,
     ) -> None:
         """`activate_new`: a new version in `model_store` goes live by itself."""
@@ -61,16 +57,12 @@ class VersionWatcher:
         # a version the model has had (the history only grows, so that never changes).
         self._passed_over: set[tuple[str, int]] = set()
         self._store = store
-        self._server = server
-        self._worker = worker
-        self._poll_s = poll_s
+        self.server = server
+        self.worker = worker
         self._seen: dict[str, int] = {}  # model -> the revision this worker has followed
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
 
     def follow(self) -> None:
-        """Follow every model whose revision changed since the last look, then save the shadow runs' counts."""
+        """Follow every model whose revision changed since the last look."""
         newest = self._store.newest_revisions()
         known = set(self._models.known())
         for name in sorted(known | set(newest)):
@@ -86,9 +78,8 @@ class VersionWatcher:
             except VersionRefused as exc:
                 log.error("%s revision %d: keeping what is served: %s", name, current.revision, exc)
             else:  # an unload too: the change's answer waits for every worker to have followed it
-                self._store.report_switch(self._server, self._worker, name, current.version)
+                self._store.report_switch(self.server, self.worker, name, current.version)
             self._seen[name] = current.revision
-        self._models.flush_shadows(self._server, self._worker)
 
     def activate_new(self) -> None:
         """Activate, on the database, each model's newest stored version when it is newer than any the
@@ -121,26 +112,3 @@ class VersionWatcher:
                 log.error("%s:%d did not go live by itself: %s", name, newest, exc)
             except (Conflict, InvalidParameters):
                 pass  # another worker or server activated it first, or something else changed: look again
-
-    def start(self) -> None:
-        """Follow once now, then in a thread every `poll_s` until `stop`."""
-        self.follow()
-        self._thread = threading.Thread(target=self._run, name="version-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            try:
-                self.activate_new()
-                self.follow()
-            except Exception:  # the database away, say: keep serving what is loaded, try again
-                if not self._failing:
-                    log.exception("cannot read the active model versions; serving the versions loaded")
-                self._failing = True
-            else:
-                self._failing = False

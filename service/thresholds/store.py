@@ -14,10 +14,13 @@ database keeps exactly one, and the other gets `Conflict`.
 
 SQLAlchemy Core, so the same code runs on the embedded SQLite file (WAL mode,
 shared by every worker on the host) and on PostgreSQL (several replicas).
-Every prediction checks for a newer revision, so a change through any worker
-takes effect on every worker's next request: on SQLite by asking whether anything
-was committed at all since the last look (`PRAGMA data_version`, microseconds),
-on PostgreSQL by reading the newest revision number (one primary-key lookup).
+Each worker holds the revision in force of every model it serves, and a
+prediction takes it from there. On SQLite a prediction first asks whether
+anything at all was committed since the last look (`PRAGMA data_version`,
+microseconds, no query), so a change through any worker takes effect on every
+worker's next request. On PostgreSQL a prediction reads no database: a
+revision's insert announces itself (`service.changes`), and each worker's
+follower re-reads what changed (`refresh`), within milliseconds of the commit.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -46,12 +49,14 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     insert,
     select,
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from service.changes import CommitCounterFeed, NotificationFeed, announce, connect_timeouts
 from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest
@@ -125,9 +130,9 @@ class ThresholdStore:
     def __init__(self, engine: Engine, commits: CommitWatch | None = None) -> None:
         self._engine = engine
         self._commits = commits
-        # The revision this process used last, per model: reused while it is the newest, and kept
-        # in use while the database is unreachable.
-        self._last_active: dict[str, ThresholdSet] = {}
+        # The revision in force per model, as this process last read or wrote it: what predictions
+        # use, also while the database is unreachable.
+        self._held: dict[str, ThresholdSet] = {}
         # Per model, the database's commit count when its revision was last read (SQLite only).
         self._read_at_commit: dict[str, int] = {}
         self._unreachable = False  # log an outage once, not once per prediction
@@ -150,7 +155,7 @@ class ThresholdStore:
             event.listen(engine, "connect", _sqlite_pragmas)
             commits = CommitWatch(parsed.database)
         else:
-            engine = create_engine(parsed, pool_pre_ping=True)
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_timeouts(parsed))
             commits = None
         try:
             create_tables(engine, [revisions])
@@ -167,6 +172,14 @@ class ThresholdStore:
     def from_settings(cls, settings: Settings) -> ThresholdStore:
         return cls.open(database_url(settings))
 
+    def change_feed(self) -> CommitCounterFeed | NotificationFeed:
+        """A feed that wakes when anything in this database changes (`service.changes`), for one follower."""
+        url = self._engine.url
+        if url.get_backend_name() == "sqlite":
+            assert url.database is not None  # a file (`open`)
+            return CommitCounterFeed(url.database)
+        return NotificationFeed(url)
+
     def close(self) -> None:
         self._engine.dispose()
         if self._commits is not None:
@@ -175,39 +188,57 @@ class ThresholdStore:
     # --- reading -------------------------------------------------------------------------
 
     def active(self, manifest: ModelManifest) -> ThresholdSet:
-        """The set a prediction uses now. On SQLite, the last one read here while nothing at all was
-        committed since; otherwise the newest revision's number is read, and the revision itself
-        only when it changed (revisions never change once written).
+        """The set a prediction uses now: the one held here. On PostgreSQL the follower keeps it
+        current (`refresh`), and nothing is read here once a model's set is held. On SQLite it is
+        read again when anything was committed since it was (revisions never change once written,
+        so only the newest number is read, and the revision itself when that changed).
 
-        With the database unreachable, the last revision read here is used, and a warning logged.
+        With the database unreachable, the set held is used, and a warning logged.
         """
         name = manifest.name
-        last = self._last_active.get(name)
+        held = self._held.get(name)
+        if held is not None and self._commits is None:
+            return held
         try:
             # Read before the revision: a commit in between only makes the next call look again.
             commit = self._commits.count() if self._commits is not None else None
-            if last is not None and commit is not None and self._read_at_commit.get(name) == commit:
-                return last
+            if held is not None and self._read_at_commit.get(name) == commit:
+                return held
             with self._engine.connect() as conn:
                 number = conn.execute(_NEWEST_NUMBER, {"model": name}).scalar()
-            unchanged = last is not None and last.revision == number
-            current = last if unchanged else self.current(manifest).threshold_set
+            current = held if held is not None and held.revision == number else self.current(manifest).threshold_set
             if commit is not None:
                 self._read_at_commit[name] = commit
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            if last is None:
+            if held is None:
                 raise
             if not self._unreachable:
                 self._unreachable = True
-                log.warning("thresholds database unreachable (%s); %s keeps revision %d", exc, name, last.revision)
-            return last
+                log.warning("thresholds database unreachable (%s); %s keeps revision %d", exc, name, held.revision)
+            return held
         if self._unreachable:
             self._unreachable = False
             log.warning("thresholds database reachable again")
-        if not unchanged:
-            self._last_active[name] = current
-            inspection_metrics().thresholds_revision.labels(name).set(current.revision)
+        self._hold(name, current)
         return current
+
+    def refresh(self, manifests: Iterable[ModelManifest]) -> None:
+        """Read again the sets in force of these models, where the database has a newer revision than
+        the one held: one query for every model's newest number, then each revision that changed.
+        Raises what the database raises (the follower retries)."""
+        with self._engine.connect() as conn:
+            newest = {model: number for model, number in conn.execute(_NEWEST_NUMBERS)}
+        for manifest in manifests:
+            held = self._held.get(manifest.name)
+            if held is None or newest.get(manifest.name) != held.revision:
+                self._hold(manifest.name, self.current(manifest).threshold_set)
+
+    def _hold(self, model: str, thresholds: ThresholdSet) -> None:
+        held = self._held.get(model)
+        if held is not None and held.revision == thresholds.revision:
+            return
+        self._held[model] = thresholds
+        inspection_metrics().thresholds_revision.labels(model).set(thresholds.revision)
 
     def current(self, manifest: ModelManifest) -> ThresholdRevision:
         """The active revision; on first use of a model, its manifest's defaults become revision 1."""
@@ -375,13 +406,14 @@ class ThresholdStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(revisions).values(**row))
+                announce(conn, "thresholds", manifest.name, new.revision)
         except IntegrityError:
             with self._engine.connect() as conn:
                 newest = _newest(conn, manifest.name)
             raise _stale(manifest.name, new.revision - 1, newest) from None
-        metrics = inspection_metrics()
-        metrics.threshold_changes.labels(manifest.name, kind.value).inc()
-        metrics.thresholds_revision.labels(manifest.name).set(new.revision)
+        inspection_metrics().threshold_changes.labels(manifest.name, kind.value).inc()
+        # In force here at once: this worker's next prediction uses it.
+        self._hold(manifest.name, new.threshold_set)
         log.info("%s thresholds revision %d (%s) by %s: %s", manifest.name, new.revision, kind.value, author, reason)
         return new
 
@@ -389,7 +421,8 @@ class ThresholdStore:
 _NEWEST = (
     select(revisions).where(revisions.c.model == bindparam("model")).order_by(revisions.c.revision.desc()).limit(1)
 )
-# Every prediction runs this one: built once, and only the primary key is read.
+_NEWEST_NUMBERS = select(revisions.c.model, func.max(revisions.c.revision)).group_by(revisions.c.model)
+# On SQLite, a prediction after a commit runs this one: built once, and only the primary key is read.
 _NEWEST_NUMBER = (
     select(revisions.c.revision)
     .where(revisions.c.model == bindparam("model"))

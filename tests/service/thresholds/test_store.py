@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import event
 
 from service.errors import Conflict, InvalidParameters
 from service.thresholds.store import RevisionKind, ThresholdStore
@@ -187,14 +188,57 @@ def test_history_is_newest_first_and_pages_with_before(store: ThresholdStore):
     assert store.history("weld-never-served") == []
 
 
-def test_a_write_through_one_store_is_active_at_once_in_another(database_url: str):
+def test_a_write_through_one_store_is_announced_to_another_which_then_uses_it(database_url: str):
     manifest = make_manifest(name=unique_name())
     first, second = ThresholdStore.open(database_url), ThresholdStore.open(database_url)
+    feed = second.change_feed()
+    try:
+        assert second.active(manifest).revision == 1
+        feed.wait(0)  # listening (PostgreSQL), or the commit count seen (SQLite)
+        assert not feed.wait(0.2), "nothing was committed"
+        first.update(manifest, thresholds={"crack": 0.3}, nms_iou=None, author="a", reason="r", expected_revision=1)
+        assert feed.wait(5.0), "the commit was not announced"
+        second.refresh([manifest])
+        active = second.active(manifest)
+        assert (active.revision, active.values["crack"]) == (2, 0.3)
+        assert feed.health.connected
+    finally:
+        feed.close()
+        first.close()
+        second.close()
+
+
+def test_on_sqlite_a_write_through_one_store_is_active_at_once_in_another(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'thresholds.db'}"
+    manifest = make_manifest(name=unique_name())
+    first, second = ThresholdStore.open(url), ThresholdStore.open(url)
     try:
         assert second.active(manifest).revision == 1
         first.update(manifest, thresholds={"crack": 0.3}, nms_iou=None, author="a", reason="r", expected_revision=1)
-        active = second.active(manifest)
-        assert (active.revision, active.values["crack"]) == (2, 0.3)
+        assert second.active(manifest).revision == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_on_postgresql_the_set_held_is_used_without_a_query_until_refreshed():
+    url = postgres_url()
+    manifest = make_manifest(name=unique_name())
+    first, second = ThresholdStore.open(url), ThresholdStore.open(url)
+    statements: list[str] = []
+    event.listen(second.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    try:
+        assert second.active(manifest).revision == 1
+        first.update(manifest, thresholds={"crack": 0.3}, nms_iou=None, author="a", reason="r", expected_revision=1)
+        statements.clear()
+        assert {second.active(manifest).revision for _ in range(100)} == {1}
+        assert statements == []
+        second.refresh([manifest])
+        assert second.active(manifest).revision == 2
+        assert len(statements) == 2  # every model's newest number, then the revision that changed
+        statements.clear()
+        second.refresh([manifest])
+        assert len(statements) == 1  # nothing changed: the numbers only
     finally:
         first.close()
         second.close()
