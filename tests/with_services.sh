@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a command (the test suite) with what some tests need from outside Python: a throwaway
-# PostgreSQL server (the threshold store is tested on it as well as on SQLite) and promtool
-# (checks the /metrics exposition). Installs Debian's `postgresql` and `prometheus` packages
+# PostgreSQL server (the threshold store is tested on it as well as on SQLite), promtool (checks
+# the /metrics exposition) and HAProxy (the load balancer in front of several servers, which the
+# tests start themselves). Installs Debian's `postgresql`, `prometheus` and `haproxy` packages
 # when they are missing and this runs as root; where that cannot be done it says why and runs
 # the command anyway (those tests then skip, naming the reason).
 set -uo pipefail
@@ -10,6 +11,7 @@ install_packages() {
     local missing=()
     ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
     command -v promtool >/dev/null || missing+=(prometheus)
+    command -v haproxy >/dev/null || missing+=(haproxy)
     [[ ${#missing[@]} -eq 0 ]] && return 0
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
         echo "with_services: ${missing[*]} missing, and no root apt-get to install them" >&2
