@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "inspection_changes"
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
-_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 _PG_TIMEOUTS = {"connect_timeout": "3", "tcp_user_timeout": "3000", "keepalives_idle": "5", "keepalives_interval": "2"}
 
 
