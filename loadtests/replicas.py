@@ -475,7 +475,7 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
         revision = current_revision(others[0].url)
         for i in range(changes):
             revision = change_thresholds(others[i % len(others)].url, 0.2 + 0.05 * i, revision, f"outage {i}")
-        readiness = None
+        readiness = history_while_cut = None
         while time.monotonic() - cut_at < cut_s:
             response = client.post(
                 f"{cut.url}/v1/models/{MODEL}/predict", content=frame, headers={"content-type": "image/jpeg"}
@@ -484,6 +484,8 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
             if readiness is None and time.monotonic() - cut_at > 1.5:
                 ready = client.get(f"{cut.url}/readyz")
                 readiness = {"status": ready.status_code, **ready.json()}
+                history = client.get(f"{cut.url}/v1/models/{MODEL}/thresholds/history")
+                history_while_cut = {"status": history.status_code, **history.json()}
             time.sleep(0.05)
         held = cut.revision(client)
         cut.link.restore()
@@ -502,6 +504,7 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
         "answers_while_cut": len(answers),
         "failed_while_cut": sum(1 for status in answers if status != 200),
         "readiness_while_cut": readiness,
+        "history_while_cut": history_while_cut,
     }
 
 

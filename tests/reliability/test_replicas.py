@@ -70,6 +70,9 @@ def test_a_server_cut_off_from_the_database_keeps_answering_and_catches_up(repli
     readiness = result["readiness_while_cut"]
     assert readiness["status"] == 200 and readiness["shared_state"]["reachable"] is False
     assert "unreachable" in readiness["shared_state"]["database"]
+    # What needs the database says so, with a 503 to retry, not a 500.
+    history = result["history_while_cut"]
+    assert history["status"] == 503 and history["error"]["code"] == "database_unavailable", history
     # Back on the newest revision, values and all, within the reconnection's backoff.
     assert result["newest_revision"] == result["revision_before"] + 5
     assert result["values_equal_the_database"]
