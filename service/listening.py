@@ -116,30 +116,48 @@ _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
 def listeners(fd: int) -> int | None:
-    """How many sockets listen on the address of socket `fd` (one per warm worker); None where this
-    cannot be read (not Linux). A socket bound with SO_REUSEPORT but not yet listening is not counted."""
+    """How many workers' sockets listen on the address of socket `fd` (one per warm worker); None where
+    this cannot be read (not Linux). A socket bound with SO_REUSEPORT but not yet listening is not
+    counted, nor the server process's own while it answers the warm-up (`service.warming`)."""
     if not _LINUX:
         return None
     with socket.socket(fileno=os.dup(fd)) as sock:
         family, (host, port) = sock.family, sock.getsockname()[:2]
-    return listeners_at(family, host, port)
+    return listeners_at(family, host, port, excluding=socket_inodes(os.getppid()))
 
 
-def listeners_at(family: int, host: str, port: int) -> int | None:
-    """How many sockets listen on (host, port); None where this cannot be read."""
+def listeners_at(family: int, host: str, port: int, excluding: set[str] = frozenset()) -> int | None:
+    """How many sockets listen on (host, port), but those whose inode is in `excluding`; None where this
+    cannot be read."""
     table = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
     wanted = f"{_proc_address(family, host)}:{port:04X}"
     try:
         with open(table) as rows:
             next(rows)  # the header
-            return sum(1 for row in rows if _listens_at(row, wanted))
+            return sum(1 for row in rows if _listens_at(row, wanted, excluding))
     except OSError:
         return None
 
 
-def _listens_at(row: str, address: str) -> bool:
-    fields = row.split(maxsplit=4)
-    return len(fields) > 3 and fields[1] == address and fields[3] == _TCP_LISTEN
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds open, as /proc/net/tcp names them."""
+    inodes = set()
+    try:
+        for entry in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(entry.path)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _listens_at(row: str, address: str, excluding: set[str]) -> bool:
+    fields = row.split()
+    return len(fields) > 9 and fields[1] == address and fields[3] == _TCP_LISTEN and fields[9] not in excluding
 
 
 def _proc_address(family: int, host: str) -> str:

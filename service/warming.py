@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -50,9 +51,10 @@ def answer_while_warming(family: socket.AddressFamily, address: tuple, workers: 
 
 def _serve(sock: socket.socket, family: int, host: str, port: int, workers: int) -> None:
     started = time.monotonic()
+    own = {str(os.fstat(sock.fileno()).st_ino)}
     with sock:
         while True:
-            warm = max(0, (listeners_at(family, host, port) or 1) - 1)  # this socket is one of them
+            warm = listeners_at(family, host, port, excluding=own) or 0
             if warm >= workers:
                 break
             try:

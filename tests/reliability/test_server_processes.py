@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ import pytest
 
 from export.synthetic import encode_image, generate_weld
 from loadtests.server import free_port
+from service.listening import listeners_at, socket_inodes
 from tests.conftest import BENTOML, MODEL_STORE, ROOT, running_server
 
 
@@ -171,3 +174,84 @@ def test_a_restarted_worker_takes_no_connection_before_it_is_warm_and_readyz_wai
     assert warmed_after > 3 and len(answers) > 30  # a real window in which a worker was warming up
     assert set(answers) == {"503"}  # every connection answered at once, by the warm worker: not ready yet
     assert ready_after == 200
+
+
+def test_while_its_workers_warm_up_the_server_answers_livez_and_readyz_waits_for_every_worker(tmp_path):
+    # Both workers warm up slowly (every batch size up to 64); meanwhile the server process answers.
+    slow = {"workers": 2, "models": "weld-segmenter", "fixed_batch_shapes": True, "max_batch_size": 64}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    seen: list[tuple[int | None, int | None, int | None]] = []  # livez, readyz, workers listening
+    stop = threading.Event()
+
+    def ask() -> None:
+        server_pid = None
+        while not stop.is_set():
+            if server_pid is None:
+                server_pid = next((p.pid for p in psutil.process_iter(["cmdline"]) if _serves(p, port)), None)
+            try:
+                livez = httpx.get(f"{url}/livez", timeout=2).status_code
+            except httpx.TransportError:
+                livez = None
+            try:
+                readyz = httpx.get(f"{url}/readyz", timeout=2).status_code
+            except httpx.TransportError:
+                readyz = None
+            # The workers' sockets listening now: every one on the port but the server process's own.
+            workers = (
+                None
+                if server_pid is None
+                else listeners_at(socket.AF_INET, "127.0.0.1", port, socket_inodes(server_pid))
+            )
+            seen.append((livez, readyz, workers))
+            time.sleep(0.02)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        with running_server(tmp_path, timeout_s=240, port=port, **slow) as server:
+            time.sleep(0.5)
+            during = httpx.get(f"{server.url}/v1/models", timeout=5).status_code
+    finally:
+        stop.set()
+        asking.join()
+    warming = [s for s in seen if s[1] == 503]
+    assert len(warming) > 20, seen[:5]  # seconds of warm-up, answered
+    assert all(livez == 200 for livez, _, _ in warming)
+    first_ready = next(s for s in seen if s[1] == 200)
+    assert first_ready[2] == 2, seen  # ready only once both workers listen
+    assert during == 200
+
+
+def _serves(process: psutil.Process, port: int) -> bool:
+    cmdline = process.info.get("cmdline") or []
+    return "serve" in cmdline and str(port) in cmdline and "--worker-id" not in cmdline
+
+
+def test_the_count_of_warm_workers_leaves_out_the_server_processs_own_socket():
+    # What a worker counts while the server process still answers the warm-up on the same port: two
+    # workers' sockets here, and the server's in a process of its own.
+    workers = [socket.socket() for _ in range(2)]
+    for sock in workers:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    workers[0].bind(("127.0.0.1", 0))
+    port = workers[0].getsockname()[1]
+    workers[1].bind(("127.0.0.1", port))
+    workers[0].listen()
+    holder = (
+        "import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); print('listening', flush=True); time.sleep(60)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        everyone = listeners_at(socket.AF_INET, "127.0.0.1", port)
+        assert everyone == 2  # one worker and the server; the second worker is bound but not listening
+        assert listeners_at(socket.AF_INET, "127.0.0.1", port, socket_inodes(server.pid)) == 1
+        workers[1].listen()
+        assert listeners_at(socket.AF_INET, "127.0.0.1", port, socket_inodes(server.pid)) == 2
+    finally:
+        server.kill()
+        server.wait()
+        for sock in workers:
+            sock.close()
