@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -475,7 +476,7 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
         revision = current_revision(others[0].url)
         for i in range(changes):
             revision = change_thresholds(others[i % len(others)].url, 0.2 + 0.05 * i, revision, f"outage {i}")
-        readiness = history_while_cut = None
+        readiness = history_while_cut = up_while_cut = None
         while time.monotonic() - cut_at < cut_s:
             response = client.post(
                 f"{cut.url}/v1/models/{MODEL}/predict", content=frame, headers={"content-type": "image/jpeg"}
@@ -486,6 +487,7 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
                 readiness = {"status": ready.status_code, **ready.json()}
                 history = client.get(f"{cut.url}/v1/models/{MODEL}/thresholds/history")
                 history_while_cut = {"status": history.status_code, **history.json()}
+                up_while_cut = shared_state_up(client.get(f"{cut.url}/metrics").text)
             time.sleep(0.05)
         held = cut.revision(client)
         cut.link.restore()
@@ -505,7 +507,17 @@ def outage(replicas: list[Replica], cut_s: float, changes: int) -> dict[str, obj
         "failed_while_cut": sum(1 for status in answers if status != 200),
         "readiness_while_cut": readiness,
         "history_while_cut": history_while_cut,
+        "shared_state_up_while_cut": up_while_cut,
+        "shared_state_up_after": shared_state_up(httpx.get(f"{cut.url}/metrics", timeout=10).text),
     }
+
+
+def shared_state_up(metrics: str) -> float | None:
+    """`inspection_shared_state_up` in a server's /metrics."""
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "inspection_shared_state_up":
+            return family.samples[0].value
+    return None
 
 
 def rolling_restart(cluster: Cluster, cameras: Cameras) -> dict[str, object]:

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.api.admission import OWN_TIME_WINDOW_S, UPLOAD_GRACE_S, Admission, OwnTime, Place
 from service.errors import Overloaded
@@ -278,5 +279,40 @@ def test_a_model_is_busy_once_a_request_admitted_now_would_queue():
         assert admission.busy("m")
         await held.release_all(clock, 0.010)
         assert not admission.busy("m")
+
+    scenario(body)
+
+
+def test_the_gauges_show_what_is_admitted_and_what_waits_and_the_counter_each_refusal():
+    clock = Clock()
+    admission = Admission(limit=100, budget_s=0.1, clock=clock)
+    model = "gauged"
+    paced(admission, clock, answers=50, every_s=0.010, model=model)
+    admission.limit = 7
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"model": model, **labels}) or 0.0
+
+    refused_before = sample("inspection_refusals_total", reason="worker_limit")
+
+    async def body() -> None:
+        held = Held(admission)
+        ahead = [await held.take(model, budget_s=1.0) for _ in range(6)]
+        assert (sample("inspection_in_flight"), sample("inspection_queue_depth")) == (6, 0)
+        waiting = asyncio.create_task(held.take(model, arrived=False))  # 130 ms expected: over its 100
+        await asyncio.sleep(0)
+        assert (sample("inspection_in_flight"), sample("inspection_queue_depth")) == (6, 1)
+        for place in ahead[:2]:
+            clock.now += 0.001
+            await held.release(place)
+        await asyncio.wait_for(waiting, 1)
+        assert (sample("inspection_in_flight"), sample("inspection_queue_depth")) == (5, 0)
+        await held.take(model, budget_s=1.0)
+        await held.take(model, budget_s=1.0)
+        with pytest.raises(Overloaded):
+            await held.take(model, budget_s=1.0)  # the eighth: over the limit of 7
+        assert sample("inspection_refusals_total", reason="worker_limit") == refused_before + 1
+        await held.release_all()
+        assert (sample("inspection_in_flight"), sample("inspection_queue_depth")) == (0, 0)
 
     scenario(body)
