@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run a command (the test suite) with what some tests need from outside Python: a throwaway
 # PostgreSQL server (the threshold store is tested on it as well as on SQLite), promtool (checks
-# the /metrics exposition) and HAProxy (the load balancer in front of several servers, which the
-# tests start themselves). Installs Debian's `postgresql`, `prometheus` and `haproxy` packages
-# when they are missing and this runs as root; where that cannot be done it says why and runs
+# the /metrics exposition), HAProxy (the load balancer in front of several servers) and Chromium
+# (the QA console's browser tests), the last two started by the tests themselves. Installs Debian's
+# `postgresql`, `prometheus`, `haproxy` and `chromium` packages when they are missing and this runs
+# as root; where that cannot be done it says why and runs
 # the command anyway (those tests then skip, naming the reason).
 set -uo pipefail
 
@@ -12,6 +13,7 @@ install_packages() {
     ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v chromium >/dev/null || missing+=(chromium)
     [[ ${#missing[@]} -eq 0 ]] && return 0
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
         echo "with_services: ${missing[*]} missing, and no root apt-get to install them" >&2

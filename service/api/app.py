@@ -29,6 +29,8 @@ from service.api.v2.endpoints import V2Inference, infer_target
 from service.api.v2.routes import v2_router
 from service.api.versions import versions_router
 from service.config import Settings
+from service.console import PATH as CONSOLE_PATH
+from service.console import ConsoleFiles, to_console
 from service.errors import (
     DatabaseUnavailable,
     InspectionError,
@@ -227,6 +229,9 @@ def create_app(
     app.include_router(thresholds_router(settings, served_models))
     app.include_router(versions_router(settings, served_models))
     app.include_router(v2_router(served_models, ready, v2_infer))
+    # The QA console (`service.console`): static pages over the routes above.
+    app.add_api_route(CONSOLE_PATH, to_console, methods=["GET"], include_in_schema=False)
+    app.mount(CONSOLE_PATH, ConsoleFiles(), name="console")
 
     # Last, so that every route above comes first. A path under /v1/ or /v2/ that no route takes
     # would otherwise fall through to BentoML's own router, which answers a plain-text 404.
