@@ -41,6 +41,7 @@ from service.thresholds.report import SweepReport
 from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.runner import run_sweep, sweep_options
 from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
+from service.thresholds.sweep import swept_samples
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,11 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             None, description="Target recall per class; the proposal meets it where it can.", examples=["crack:0.99"]
         ),
         step: float = Query(0.01, gt=0.0, le=0.5, description="Grid step between thresholds 0 and 1."),
+        with_samples: bool = Query(
+            False,
+            alias="samples",
+            description="Also list each image's labels and the model's answer (`samples`), as the QA console does.",
+        ),
     ) -> SweepReport:
         models = served_models()
         predictor = models.get(model)
@@ -278,6 +284,9 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from exc
-        return report.to_report()
+        answered = report.to_report()
+        if with_samples:
+            answered.samples = swept_samples(tally)
+        return answered
 
     return router

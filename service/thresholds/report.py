@@ -51,6 +51,26 @@ class Confusion(BaseModel):
     matrix: list[list[int]] = Field(description="matrix[i][j]: images labelled labels[i], decided labels[j].")
 
 
+class LabelledBox(BaseModel):
+    class_name: str
+    box: dict[str, float] = Field(description="x1, y1, x2, y2 in the image's pixels.")
+
+
+class SampleTruth(BaseModel):
+    label: str | None = Field(description="Classification: the image's class.")
+    present: list[str] = Field(description="The defect classes the image shows.")
+    boxes: list[LabelledBox] = Field(default_factory=list, description="Detection: the labelled boxes.")
+
+
+class SweptSample(BaseModel):
+    name: str = Field(description="The image's path in the sample set.")
+    truth: SampleTruth
+    answer: dict = Field(
+        description="The model's answer with every threshold at 0 (every class's score, every detection, "
+        "every segment): the outcome at any thresholds follows from it."
+    )
+
+
 class SweepReport(BaseModel):
     model: str = Field(examples=["weld-classifier"])
     model_version: int
@@ -62,3 +82,6 @@ class SweepReport(BaseModel):
     classes: dict[str, ClassSweep]
     proposal: Proposal = Field(description="With author and reason added, a ready PUT body.")
     confusion: Confusion | None = Field(default=None, description="Classification: at the proposed thresholds.")
+    samples: list[SweptSample] | None = Field(
+        default=None, description="With `samples=true`: each image's labels and the model's answer, in the set's order."
+    )

@@ -42,5 +42,5 @@ async def run_sweep(
 
     answers = await asyncio.gather(*(run(sample) for sample in samples))
     for sample, answer in zip(samples, answers, strict=True):
-        tally.add(sample.truth, answer)
+        tally.add(sample.truth, answer, sample.name)
     return tally

@@ -34,11 +34,14 @@ from service.thresholds.evaluation import confusion_matrix, match_detections
 from service.thresholds.report import (
     ClassSweep,
     Confusion,
+    LabelledBox,
     Proposal,
     ProposedPoint,
+    SampleTruth,
     SweepCurve,
     SweepPoint,
     SweepReport,
+    SweptSample,
 )
 
 if TYPE_CHECKING:
@@ -236,10 +239,13 @@ class SweepTally:
         self.classes = list(manifest.defect_classes)
         self._truths: list[Truth] = []
         self._scorer = scorer
+        self.samples: list[tuple[str, Truth, Any]] = []  # (name, truth, answer), in the order added
 
-    def add(self, truth: Truth, answer: Mapping[str, Any]) -> None:
+    def add(self, truth: Truth, answer: Any, name: str = "") -> None:
+        """One labelled image's truth and the model's answer to it at threshold 0."""
         self._scorer.add(truth, answer)
         self._truths.append(truth)
+        self.samples.append((name, truth, answer))
 
     def evidence(self) -> dict[str, ClassEvidence]:
         return self._scorer.evidence(self._truths)
@@ -332,6 +338,25 @@ class TuningReport:
             proposal=Proposal(thresholds=self.proposal, expected_revision=self.revision),
             confusion=confusion,
         )
+
+
+def swept_samples(tally: SweepTally) -> list[SweptSample]:
+    """Each image of a sweep as the report lists it with `samples=true`."""
+    return [
+        SweptSample(
+            name=name,
+            truth=SampleTruth(
+                label=truth.label,
+                present=sorted(truth.present),
+                boxes=[
+                    LabelledBox(class_name=c, box=dict(zip(("x1", "y1", "x2", "y2"), map(float, box), strict=True)))
+                    for box, c in zip(np.asarray(truth.boxes).reshape(-1, 4), truth.box_classes, strict=True)
+                ],
+            ),
+            answer=answer.model_dump(mode="json") if hasattr(answer, "model_dump") else dict(answer),
+        )
+        for name, truth, answer in tally.samples
+    ]
 
 
 def _class_sweep(tuning: ClassTuning, current: float) -> ClassSweep:

@@ -4,11 +4,13 @@ and what they do is what the API records."""
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from export.synthetic import encode_image, generate_weld
 from loadtests.frames import line_frames
 from tests.conftest import RunningServer
 from tests.console.conftest import ADMIN_TOKEN, Page
@@ -245,12 +247,146 @@ def test_the_history_shows_the_difference_between_two_revisions_and_rolls_back(c
     console.testid(f"history-row-{now['revision']}").wait_for()
 
 
+def queue(console: Page, key: str) -> set[str]:
+    return set(
+        console.testid(f"queue-{key}")
+        .locator("[data-testid=review-open]")
+        .evaluate_all("nodes => nodes.map(n => n.dataset.name)")
+    )
+
+
+def test_the_review_queues_hold_exactly_the_frames_the_api_gets_wrong_at_the_proposed_thresholds(
+    console: Page, server, samples_zip, tmp_path
+):
+    report = sweep_report(server, samples_zip, "crack:0.9")
+    swept(console, samples_zip)
+    # Thresholds that get some frames wrong: porosity flagged on almost anything, crack on almost nothing.
+    proposed = {**report["proposal"]["thresholds"], "porosity": 0.01, "crack": 0.99}
+    move(console, "porosity", 0.01)
+    move(console, "crack", 0.99)
+    # Independently: the server's own decisions at those thresholds (a per-request override), frame by frame.
+    override = ",".join(f"{name}:{value}" for name, value in proposed.items())
+    missed, spurious = set(), set()
+    with zipfile.ZipFile(samples_zip) as archive:
+        truths = {
+            sample["name"]: sample["truth"]
+            for sample in httpx.post(
+                f"{server.url}/v1/models/{CLASSIFIER}/thresholds/sweep",
+                params={"samples": "true"},
+                content=samples_zip.read_bytes(),
+                headers={"content-type": "application/zip"},
+                timeout=120,
+            ).json()["samples"]
+        }
+        for name, truth in truths.items():
+            answer = httpx.post(
+                f"{server.url}/v1/models/{CLASSIFIER}/predict",
+                params={"thresholds": override},
+                content=archive.read(name),
+                headers={"content-type": "image/jpeg"},
+            ).json()
+            if set(truth["present"]) - set(answer["defects"]):
+                missed.add(name)
+            if set(answer["defects"]) - set(truth["present"]):
+                spurious.add(name)
+    assert missed and spurious, "thresholds chosen to get frames wrong got none wrong"
+    console.page.wait_for_function(
+        f"document.querySelector('[data-testid=queue-fn-count]').textContent.trim() === '{len(missed)}'"
+    )
+    assert queue(console, "fn") == missed
+    assert queue(console, "fp") == spurious
+    # As many crack misses as the sweep's curve counts at 0.99.
+    crack = report["classes"]["crack"]["curve"]
+    assert (
+        sum(1 for name in missed if "crack" in truths[name]["present"]) == crack["fn"][crack["thresholds"].index(0.99)]
+    )
+    # A frame opened from a queue: the proposed thresholds' verdict beside the active ones'.
+    name = sorted(missed)[0]
+    console.testid("queue-fn").locator(f"[data-testid=review-open][data-name='{name}']").click()
+    console.page.wait_for_selector(f"[data-testid=frame-detail][data-name='{name}']")
+    label = truths[name]["present"][0]
+    assert console.text(f"frame-proposed-crossed-{label}") == ""
+    assert console.text(f"frame-active-crossed-{label}") == "crossed"
+    assert console.testid("frame-proposed-image").evaluate("img => img.complete && img.naturalWidth") == 320
+    console.screenshot("review", tmp_path)
+
+
+def test_a_frame_with_a_known_defect_is_drawn_with_its_box_in_the_right_place(console: Page, server, tmp_path):
+    sample = generate_weld(41, 320, 240, label="crack")
+    frame_path = tmp_path / "crack.png"
+    frame_path.write_bytes(encode_image(sample.image, fmt="PNG"))
+    truth = dict(zip(("x1", "y1", "x2", "y2"), map(float, sample.boxes[0]), strict=True))
+    api = httpx.post(
+        f"{server.url}/v1/models/weld-detector/predict",
+        content=frame_path.read_bytes(),
+        headers={"content-type": "image/png"},
+    ).json()
+    expected = next(d for d in api["detections"] if d["class_name"] == "crack")
+    assert box_iou(expected["box"], truth) > 0.5  # the detector finds the drawn crack
+    console.open("/models/weld-detector/thresholds")
+    console.testid("active-revision").wait_for()
+    console.testid("inspect-file").set_input_files(str(frame_path))
+    console.testid("inspect-run").click()
+    rect = console.page.locator("[data-testid=inspect-active-box-crack]").first
+    rect.wait_for()
+    drawn = {key: float(rect.get_attribute(key)) for key in ("x", "y", "width", "height")}
+    assert drawn == pytest.approx(
+        {
+            "x": expected["box"]["x1"],
+            "y": expected["box"]["y1"],
+            "width": expected["box"]["x2"] - expected["box"]["x1"],
+            "height": expected["box"]["y2"] - expected["box"]["y1"],
+        }
+    )
+    # On the screen: the box lies over the drawn crack, where the image shows it.
+    image = console.testid("inspect-active-image").bounding_box()
+    box = rect.bounding_box()
+    scale = image["width"] / 320
+    on_screen = {
+        "x1": (box["x"] - image["x"]) / scale,
+        "y1": (box["y"] - image["y"]) / scale,
+        "x2": (box["x"] + box["width"] - image["x"]) / scale,
+        "y2": (box["y"] + box["height"] - image["y"]) / scale,
+    }
+    assert box_iou(on_screen, truth) > 0.5
+    assert console.text("inspect-active-decision").startswith("reject")
+    assert console.text("inspect-active-crossed-crack") == "crossed"
+    console.screenshot("inspect", tmp_path)
+
+
+def test_a_segmenters_mask_is_painted_over_the_defect(console: Page, server, tmp_path):
+    sample = generate_weld(43, 320, 240, label="porosity")
+    frame_path = tmp_path / "porosity.png"
+    frame_path.write_bytes(encode_image(sample.image, fmt="PNG"))
+    console.open("/models/weld-segmenter/thresholds")
+    console.testid("active-revision").wait_for()
+    console.testid("inspect-file").set_input_files(str(frame_path))
+    console.testid("inspect-run").click()
+    console.testid("inspect-active-masks").wait_for()
+    painted = console.testid("inspect-active-masks").evaluate(
+        """canvas => { const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+           const on = []; for (let i = 0; i < d.length; i += 4) if (d[i + 3]) on.push(i / 4); return on; }"""
+    )
+    assert painted, "no mask painted"
+    defect = sample.mask.reshape(-1) > 0
+    inside = sum(1 for i in painted if defect[i])
+    assert inside / len(painted) > 0.7  # the paint lies on the drawn pores
+
+
+def box_iou(a: dict, b: dict) -> float:
+    w = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
+    h = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
+    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - w * h
+    return w * h / union
+
+
 # Every control the pages have, as the tests above use them (a class's or model's name as NAME, a
 # revision as N): a control added without a test that uses it fails here.
 EXERCISED = {
     "token-button", "token-input", "token-save", "token-forget", "nav-models", "open-NAME",
     "sweep-file", "target-NAME", "sweep-run", "slider-NAME", "use-f1-NAME", "use-proposal-NAME",
     "use-active-NAME", "save-author", "save-reason", "save", "diff-from-N", "diff-to-N", "rollback-N",
+    "inspect-file", "inspect-run", "review-open",
 }  # fmt: skip
 
 
@@ -276,6 +412,8 @@ def test_every_control_on_every_page_is_one_a_test_uses(console: Page, server, s
     console.testid(f"open-{CLASSIFIER}").click()
     console.testid("history").wait_for()
     swept(console, samples_zip)
+    move(console, "crack", 0.99)  # some frames wrong: the review queues list them
+    console.testid("review-open").first.wait_for()
     console.testid("history").locator("tr").nth(2).wait_for()
     collect()
     assert controls == EXERCISED

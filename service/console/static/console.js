@@ -263,6 +263,193 @@ async function modelsPage() {
   poll();
 }
 
+// --- frames: the sample set's zip, read here; masks; what a frame's answer means at some thresholds ---
+
+// The entries of a zip archive the user chose (stored or deflated), read in the page: frames are
+// shown from the file itself, never sent anywhere but the sweep.
+async function readZip(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const view = new DataView(bytes.buffer);
+  let end = -1;
+  for (let i = bytes.length - 22; i >= Math.max(0, bytes.length - 65557); i--) {
+    if (view.getUint32(i, true) === 0x06054b50) {
+      end = i;
+      break;
+    }
+  }
+  if (end < 0) throw new Error("not a zip archive");
+  const entries = new Map();
+  let at = view.getUint32(end + 16, true);
+  for (let n = view.getUint16(end + 10, true); n > 0; n--) {
+    const nameLength = view.getUint16(at + 28, true);
+    const name = new TextDecoder().decode(bytes.subarray(at + 46, at + 46 + nameLength));
+    entries.set(name, { method: view.getUint16(at + 10, true), size: view.getUint32(at + 20, true), local: view.getUint32(at + 42, true) });
+    at += 46 + nameLength + view.getUint16(at + 30, true) + view.getUint16(at + 32, true);
+  }
+  return {
+    // A sample's bytes by its name in the set (the set may sit in one top-level folder of the zip).
+    async read(name) {
+      const key = entries.has(name) ? name : [...entries.keys()].find((k) => k.endsWith(`/${name}`));
+      const entry = entries.get(key);
+      if (!entry) throw new Error(`${name} is not in the archive`);
+      const start = entry.local + 30 + view.getUint16(entry.local + 26, true) + view.getUint16(entry.local + 28, true);
+      const data = bytes.subarray(start, start + entry.size);
+      if (entry.method === 0) return data;
+      const inflated = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
+      return new Uint8Array(await new Response(inflated).arrayBuffer());
+    },
+  };
+}
+
+// A COCO run-length mask ({size: [h, w], counts}) as one byte per pixel, row by row.
+function decodeRle({ size: [height, width], counts }) {
+  const runs = [];
+  for (let p = 0; p < counts.length; ) {
+    let x = 0;
+    let k = 0;
+    let more = 1;
+    while (more) {
+      const c = counts.charCodeAt(p) - 48;
+      x |= (c & 0x1f) << (5 * k);
+      more = c & 0x20;
+      p++;
+      k++;
+      if (!more && c & 0x10) x |= -1 << (5 * k);
+    }
+    if (runs.length > 2) x += runs[runs.length - 2];
+    runs.push(x);
+  }
+  const mask = new Uint8Array(height * width);
+  let index = 0;
+  runs.forEach((run, i) => {
+    if (i % 2) {
+      for (let j = index; j < index + run; j++) mask[(j % height) * width + Math.floor(j / height)] = 1;
+    }
+    index += run;
+  });
+  return mask;
+}
+
+const PALETTE = ["#e53935", "#fb8c00", "#8e24aa", "#1e88e5", "#43a047", "#00897b"];
+const colour = (classes, name) => PALETTE[Math.max(0, classes.indexOf(name)) % PALETTE.length];
+const NEAR = 0.05; // a score this close to its threshold is a near miss
+
+function iou(a, b) {
+  const w = Math.max(0, Math.min(a.x2, b.x2) - Math.max(a.x1, b.x1));
+  const h = Math.max(0, Math.min(a.y2, b.y2) - Math.max(a.y1, b.y1));
+  const inter = w * h;
+  const union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
+  return union > 0 ? inter / union : 0;
+}
+
+// What a frame's answer (every threshold at 0) decides at `thresholds`, against its labels: the classes
+// that cross, those missed and spurious, those near their threshold; for a detector, each box's fate.
+function outcome(task, truth, answer, thresholds) {
+  const crossed = new Set();
+  const scores = {};
+  const near = new Set();
+  let kept = [];
+  let missedBoxes = [];
+  if (task === "classification") {
+    for (const [name, threshold] of Object.entries(thresholds)) {
+      scores[name] = answer.scores[name];
+      if (answer.scores[name] >= threshold) crossed.add(name);
+    }
+  } else if (task === "segmentation") {
+    for (const [name, threshold] of Object.entries(thresholds)) {
+      const segment = answer.segments.find((s) => s.class_name === name);
+      scores[name] = segment ? segment.confidence : 0;
+      if (segment && segment.confidence >= threshold) crossed.add(name);
+    }
+  } else {
+    kept = answer.detections.filter((d) => d.confidence >= thresholds[d.class_name]);
+    for (const name of Object.keys(thresholds)) {
+      const best = answer.detections.filter((d) => d.class_name === name).map((d) => d.confidence);
+      scores[name] = best.length ? Math.max(...best) : 0;
+    }
+    const used = new Set();
+    kept = kept.map((d) => {
+      let match = -1;
+      truth.boxes.forEach((t, i) => {
+        if (!used.has(i) && t.class_name === d.class_name && iou(t.box, d.box) >= 0.5 && match < 0) match = i;
+      });
+      if (match >= 0) used.add(match);
+      crossed.add(d.class_name);
+      return { ...d, matched: match >= 0 };
+    });
+    missedBoxes = truth.boxes.filter((_, i) => !used.has(i));
+    for (const d of answer.detections) if (Math.abs(d.confidence - thresholds[d.class_name]) <= NEAR) near.add(d.class_name);
+  }
+  if (task !== "detection") {
+    for (const [name, threshold] of Object.entries(thresholds)) if (Math.abs(scores[name] - threshold) <= NEAR) near.add(name);
+  }
+  const present = new Set(truth.present);
+  const missed =
+    task === "detection" ? [...new Set(missedBoxes.map((b) => b.class_name))] : [...present].filter((c) => !crossed.has(c));
+  const spurious =
+    task === "detection" ? [...new Set(kept.filter((d) => !d.matched).map((d) => d.class_name))] : [...crossed].filter((c) => !present.has(c));
+  return { crossed, scores, near: [...near], missed, spurious, kept, missedBoxes, decision: crossed.size ? "reject" : "accept" };
+}
+
+// A frame with what its answer shows at `thresholds`: boxes (dashed: labelled), masks, or class scores;
+// the decision, and which class crossed which threshold.
+function frameView(testid, title, url, task, classes, truth, answer, thresholds) {
+  const seen = outcome(task, truth, answer, thresholds);
+  const { width, height } = answer.image;
+  const scale = Math.min(1, 420 / width);
+  const shownWidth = Math.round(width * scale);
+  const shownHeight = Math.round(height * scale);
+  const stage = el("div", { class: "stage", testid: `${testid}-stage` });
+  const image = el("img", { src: url, width: shownWidth, height: shownHeight, alt: title, testid: `${testid}-image` });
+  stage.append(image);
+  const overlay = svg("svg", { width: shownWidth, height: shownHeight, viewBox: `0 0 ${width} ${height}`, class: "overlay", testid: `${testid}-overlay` });
+  if (task === "detection") {
+    for (const t of truth.boxes) {
+      overlay.append(svg("rect", { x: t.box.x1, y: t.box.y1, width: t.box.x2 - t.box.x1, height: t.box.y2 - t.box.y1, class: "truth", stroke: colour(classes, t.class_name), testid: `${testid}-truth-${t.class_name}` }));
+    }
+    for (const d of seen.kept) {
+      overlay.append(svg("rect", { x: d.box.x1, y: d.box.y1, width: d.box.x2 - d.box.x1, height: d.box.y2 - d.box.y1, class: "detection", stroke: colour(classes, d.class_name), testid: `${testid}-box-${d.class_name}` }));
+    }
+  }
+  stage.append(overlay);
+  if (task === "segmentation") {
+    const canvas = el("canvas", { width, height, class: "masks", testid: `${testid}-masks` });
+    canvas.style.width = `${shownWidth}px`;
+    canvas.style.height = `${shownHeight}px`;
+    const context = canvas.getContext("2d");
+    const pixels = context.createImageData(width, height);
+    for (const segment of answer.segments) {
+      if (!seen.crossed.has(segment.class_name) || !segment.mask.counts) continue;
+      const mask = decodeRle(segment.mask);
+      const hex = colour(classes, segment.class_name);
+      const rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+      mask.forEach((on, i) => {
+        if (on) pixels.data.set([...rgb, 115], 4 * i);
+      });
+    }
+    context.putImageData(pixels, 0, 0);
+    stage.append(canvas);
+  }
+  const rows = Object.entries(thresholds).map(([name, threshold]) =>
+    el(
+      "tr",
+      { class: seen.crossed.has(name) ? "crossed" : "" },
+      el("td", {}, name),
+      el("td", { class: "num" }, fixed(seen.scores[name])),
+      el("td", { class: "num" }, fixed(threshold, 2)),
+      el("td", { testid: `${testid}-crossed-${name}` }, seen.crossed.has(name) ? "crossed" : ""),
+    ),
+  );
+  return el(
+    "div",
+    { class: "frame card", testid },
+    el("h3", {}, title),
+    stage,
+    el("p", { testid: `${testid}-decision` }, `${seen.decision}`, seen.crossed.size ? `: ${[...seen.crossed].join(", ")}` : ""),
+    el("table", {}, el("tr", {}, ["class", "score", "threshold", ""].map((t) => el("th", {}, t))), rows),
+  );
+}
+
 // --- the thresholds page --------------------------------------------------------------------------
 
 const CHART = { width: 360, height: 210, pad: 30 };
@@ -372,6 +559,42 @@ async function thresholdsPage(name) {
     el("div", { class: "row" }, file, ...defectClasses.map((c) => el("label", {}, `target recall ${c} `, targets[c])), run),
     sweepStatus,
     sweepOut,
+  );
+
+  // Inspecting one frame: its answer with every threshold at 0, shown at the active and the proposed thresholds.
+  const inspectFile = el("input", { type: "file", accept: "image/*", testid: "inspect-file" });
+  const inspectRun = el("button", { type: "button", testid: "inspect-run" }, "Inspect");
+  const inspected = el("div", { class: "cards", testid: "inspected" });
+  const inspectMessage = el("div", { testid: "inspect-message" });
+  inspectRun.addEventListener("click", async () => {
+    if (!inspectFile.files.length) {
+      message(inspectMessage, "error", "Choose an image first.");
+      return;
+    }
+    const frame = inspectFile.files[0];
+    const zeros = defectClasses.map((c) => `${c}:0`).join(",");
+    try {
+      const answer = await api(`${path}/predict?thresholds=${encodeURIComponent(zeros)}`, {
+        method: "POST",
+        body: frame,
+        contentType: frame.type || "application/octet-stream",
+      });
+      const url = URL.createObjectURL(frame);
+      const current = Object.fromEntries(defectClasses.map((c) => [c, activeRevision.thresholds[c]]));
+      const none = { present: [], boxes: [] };
+      const views = [frameView("inspect-active", `${frame.name} at the active thresholds`, url, model.task, model.classes, none, answer, current)];
+      if (swept) views.push(frameView("inspect-proposed", "at the proposed thresholds", url, model.task, model.classes, none, answer, proposal));
+      inspected.replaceChildren(...views);
+      inspectMessage.replaceChildren();
+    } catch (error) {
+      message(inspectMessage, "error", `Not inspected: ${error.message}`);
+    }
+  });
+  main.append(
+    el("h2", {}, "Inspect a frame"),
+    el("div", { class: "row" }, inspectFile, inspectRun),
+    inspectMessage,
+    inspected,
   );
 
   // Saving.
@@ -485,13 +708,72 @@ async function thresholdsPage(name) {
 
   // The sweep's figures per class, and the values to save.
   let proposal = {};
+  let archive = null;
+  let swept = null; // the sweep's report
+  const frameUrls = new Map(); // sample name -> its image, as a blob: address
+  const frameUrl = async (name) => {
+    if (!frameUrls.has(name)) frameUrls.set(name, URL.createObjectURL(new Blob([await archive.read(name)])));
+    return frameUrls.get(name);
+  };
+
+  // Review: the sample set's wrong answers at the proposed thresholds, each frame beside itself at the active ones.
+  const review = el("div", { testid: "review" });
+  const detail = el("div", { class: "cards", testid: "frame-detail" });
+  const showFrame = async (sample) => {
+    const url = await frameUrl(sample.name);
+    const current = Object.fromEntries(defectClasses.map((c) => [c, activeRevision.thresholds[c]]));
+    detail.replaceChildren(
+      frameView("frame-proposed", `${sample.name} at the proposed thresholds`, url, model.task, model.classes, sample.truth, sample.answer, proposal),
+      frameView("frame-active", `at the active thresholds (revision ${activeRevision.revision})`, url, model.task, model.classes, sample.truth, sample.answer, current),
+    );
+    detail.dataset.name = sample.name;
+  };
+  const showReview = () => {
+    if (!swept?.samples) return;
+    const queues = { fn: [], fp: [], near: [] };
+    for (const sample of swept.samples) {
+      const seen = outcome(model.task, sample.truth, sample.answer, proposal);
+      if (seen.missed.length) queues.fn.push([sample, `${seen.missed.join(", ")} missed`]);
+      if (seen.spurious.length) queues.fp.push([sample, `${seen.spurious.join(", ")} spurious`]);
+      if (seen.near.length) queues.near.push([sample, `${seen.near.join(", ")} within ${NEAR} of the threshold`]);
+    }
+    const titles = { fn: "False negatives", fp: "False positives", near: "Near misses" };
+    review.replaceChildren(
+      el(
+        "div",
+        { class: "cards" },
+        Object.entries(queues).map(([key, items]) =>
+          el(
+            "div",
+            { class: "card queue", testid: `queue-${key}` },
+            el("h3", {}, titles[key], el("span", { class: "muted", testid: `queue-${key}-count` }, ` ${items.length}`)),
+            items.length
+              ? el(
+                  "ul",
+                  {},
+                  items.map(([sample, why]) =>
+                    el(
+                      "li",
+                      {},
+                      el("button", { type: "button", class: "link", testid: "review-open", "data-name": sample.name, onclick: () => showFrame(sample) }, sample.name),
+                      ` ${why}`,
+                    ),
+                  ),
+                )
+              : el("p", { class: "muted" }, "none"),
+          ),
+        ),
+      ),
+    );
+  };
+
   run.addEventListener("click", async () => {
     if (!file.files.length) {
       message(sweepStatus, "error", "Choose a zip of labelled samples first.");
       return;
     }
     const wanted = defectClasses.filter((c) => targets[c].value !== "").map((c) => `${c}:${targets[c].value}`);
-    const query = new URLSearchParams({ step: "0.01" });
+    const query = new URLSearchParams({ step: "0.01", samples: "true" });
     if (wanted.length) query.set("targets", wanted.join(","));
     message(sweepStatus, "ok", `Sweeping ${file.files[0].name}...`);
     run.disabled = true;
@@ -501,6 +783,8 @@ async function thresholdsPage(name) {
         body: file.files[0],
         contentType: "application/zip",
       });
+      archive = await readZip(file.files[0]);
+      frameUrls.clear();
       showSweep(report);
       message(sweepStatus, "ok", `${report.images} images swept at revision ${report.thresholds_revision}; positives are ${report.positive}.`);
       sweepStatus.dataset.images = String(report.images);
@@ -512,6 +796,7 @@ async function thresholdsPage(name) {
   });
 
   const showSweep = (report) => {
+    swept = report;
     proposal = { ...report.proposal.thresholds };
     const cards = el("div", { class: "cards" });
     for (const c of defectClasses) {
@@ -527,6 +812,7 @@ async function thresholdsPage(name) {
         const t = curve.thresholds[i];
         proposal[c] = t;
         readout.threshold.textContent = fixed(t, 2);
+        scheduleReview();
         for (const k of ["precision", "recall", "f1"]) readout[k].textContent = fixed(curve[k][i]);
         for (const k of ["tp", "fp", "fn"]) readout[k].textContent = String(curve[k][i]);
         drawn.moveProposed(t);
@@ -575,8 +861,20 @@ async function thresholdsPage(name) {
         ),
       );
     }
+    parts.push(
+      el("h2", {}, "Review at the proposed thresholds"),
+      el("p", { class: "muted" }, "The sample set's frames the proposed thresholds get wrong, and those close to a threshold. Open one to see it at the proposed and at the active thresholds (dashed boxes: labelled; masks: where the class is the most probable)."),
+      review,
+      detail,
+    );
     sweepOut.replaceChildren(...parts);
+    showReview();
     save.disabled = false;
+  };
+  let reviewTimer = null;
+  const scheduleReview = () => {
+    clearTimeout(reviewTimer);
+    reviewTimer = setTimeout(showReview, 50);
   };
 
   save.addEventListener("click", async () => {

@@ -486,6 +486,29 @@ def test_a_sweep_counts_every_labelled_positive_of_detection_and_segmentation_sa
         assert curve["tp"] == sorted(curve["tp"], reverse=True)  # raising a threshold never finds more
 
 
+def test_a_sweep_lists_each_image_with_its_labels_and_its_answer_when_asked(server, tmp_path):
+    samples = write_sample_set(tmp_path / "samples", "detection", count=6, seed=30_500, width=320, height=240)
+    archive = zipped(samples)
+    assert sweep(server, DETECTOR, archive)["samples"] is None  # not unless asked
+    report = sweep(server, DETECTOR, archive, samples="true", step=0.05)
+    listed = report["samples"]
+    assert [s["name"] for s in listed] == sorted(
+        p.relative_to(samples).as_posix() for p in (samples / "images").iterdir()
+    )
+    # Every labelled box, and the answer at threshold 0: the counts at any threshold follow from them.
+    assert sum(len(s["truth"]["boxes"]) for s in listed) == sum(c["positives"] for c in report["classes"].values())
+    for sample in listed:
+        assert sample["answer"]["task"] == "detection" and sample["answer"]["image"] == {"width": 320, "height": 240}
+        assert {b["class_name"] for b in sample["truth"]["boxes"]} == set(sample["truth"]["present"])
+    at = 0.5
+    crack = report["classes"]["crack"]["curve"]
+    flagged = sum(
+        1 for s in listed for d in s["answer"]["detections"] if d["class_name"] == "crack" and d["confidence"] >= at
+    )
+    i = crack["thresholds"].index(at)
+    assert flagged == crack["tp"][i] + crack["fp"][i]
+
+
 def test_a_sweep_body_that_is_not_a_zip_is_refused(server):
     response = httpx.post(
         thresholds_url(server, tail="/sweep"), content=b"not a zip", headers={"Content-Type": "application/zip"}
