@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Frames kept for review (a shadow run's disagreeing frames), all together, at most.",
     )
+    keep_rejected_frames: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Keep the newest this many live frames each model rejected, with their answers, for review in the "
+        "QA console (production images: off by default). Within INSPECTION_KEPT_FRAMES_MAX_BYTES.",
+    )
     max_sweep_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1024, description="Largest sample archive for a threshold sweep, zipped or not."
     )

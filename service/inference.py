@@ -125,8 +125,13 @@ class Inference:
                 else:
                     answers = [self._shadowed(predictor, shadow, frame, options, active) for frame in frames]
                 if len(answers) == 1:
-                    return [await answers[0]]
-                results = await asyncio.gather(*answers, return_exceptions=True)
+                    results = [await answers[0]]
+                else:
+                    results = await asyncio.gather(*answers, return_exceptions=True)
+        if models.rejected is not None:
+            for frame, result in zip(frames, results, strict=True):
+                if isinstance(result, Answer) and result.decision == "reject":
+                    models.rejected.offer(call.model, frame, result)
         return [
             result if isinstance(result, Answer | InspectionError) else _internal(call.model, result)
             for result in results

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.config import Settings
 from service.errors import UnknownModel, VersionRefused
-from service.frames import FrameStore
+from service.frames import FrameStore, RejectedFrames
 from service.lifecycle.shadow import ShadowRun
 from service.lifecycle.store import Activation, ActivationKind, VersionStore
 from service.metrics import inspection_metrics
@@ -57,6 +57,9 @@ class ServedModels:
         # Which version of each model is active, kept beside the thresholds (`service.lifecycle`).
         self.lifecycle = VersionStore(thresholds.engine)
         self.frames = FrameStore(thresholds.engine, (settings or Settings()).kept_frames_max_bytes)
+        # Live frames rejected, kept for review when asked for (`INSPECTION_KEEP_REJECTED_FRAMES`).
+        per_model = (settings or Settings()).keep_rejected_frames
+        self.rejected = RejectedFrames(self.frames, per_model) if per_model else None
 
     @staticmethod
     def preflight(settings: Settings) -> None:
@@ -273,6 +276,8 @@ class ServedModels:
         return sorted(self._versions)
 
     def close(self) -> None:
+        if self.rejected is not None:
+            self.rejected.close()
         for run in self._shadows.values():
             run.stop()
         for loaded in self._versions.values():

@@ -23,6 +23,7 @@ from service.api.body import IMAGE_FIELD
 from service.api.contract import error_response
 from service.api.limits import RequestLimits
 from service.api.predictions import DirectRoute, PredictionEndpoint, prediction_model
+from service.api.review import review_router
 from service.api.schemas import ErrorResponse, ModelDescription, ModelList, ThresholdsView
 from service.api.thresholds import thresholds_router
 from service.api.v2.endpoints import V2Inference, infer_target
@@ -228,6 +229,7 @@ def create_app(
 
     app.include_router(thresholds_router(settings, served_models))
     app.include_router(versions_router(settings, served_models))
+    app.include_router(review_router(settings, served_models))
     app.include_router(v2_router(served_models, ready, v2_infer))
     # The QA console (`service.console`): static pages over the routes above.
     app.add_api_route(CONSOLE_PATH, to_console, methods=["GET"], include_in_schema=False)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import io
 import json
 import logging
 import threading
@@ -34,13 +33,11 @@ import time
 from dataclasses import dataclass, field
 from typing import get_args
 
-import numpy as np
-
 from service.errors import UnknownModel
-from service.frames import FrameStore
+from service.frames import FrameStore, frame_bytes
 from service.lifecycle.store import Shadow, VersionStore
 from service.metrics import inspection_metrics
-from service.pipeline.decode import SUPPORTED_FORMATS, Frame, sniff_format
+from service.pipeline.decode import Frame
 from service.pipeline.predictor import Predictor, PreparedImage
 from service.tasks import Answer, PredictionOptions, head_for
 from service.tasks.base import ClassAgreement
@@ -302,18 +299,6 @@ class ShadowRun:
             with self._lock:
                 self._tally.kept += 1
                 self._dirty = True
-
-
-def frame_bytes(frame: Frame) -> tuple[bytes, str]:
-    """A frame as an image file: as it came, or raw pixels as a PNG."""
-    if isinstance(frame, bytes):  # one the active version decoded: a supported format
-        return frame, SUPPORTED_FORMATS.get(sniff_format(frame) or "", "application/octet-stream")
-    from PIL import Image
-
-    pixels = np.ascontiguousarray(frame)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(buffer, "PNG")
-    return buffer.getvalue(), "image/png"
 
 
 class _RunMetrics:

@@ -4,6 +4,7 @@ and what they do is what the API records."""
 from __future__ import annotations
 
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from export.synthetic import encode_image, generate_weld
 from loadtests.frames import line_frames
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, running_server
 from tests.console.conftest import ADMIN_TOKEN, Page
 
 CLASSIFIER = "weld-classifier"
@@ -380,13 +381,57 @@ def box_iou(a: dict, b: dict) -> float:
     return w * h / union
 
 
+def test_live_rejected_frames_are_kept_only_when_asked_and_reviewed_with_their_answers(browser, server, tmp_path):
+    # Off by default: nothing kept, and the page says how to turn it on.
+    assert httpx.get(f"{server.url}/v1/models/{CLASSIFIER}/review/frames").json() == {"keeping": 0, "frames": []}
+    with running_server(tmp_path / "keeping", admin_token=ADMIN_TOKEN, keep_rejected_frames=3) as keeping:
+        sent = []
+        for frame in line_frames(320, 240) * 2:  # no defect, porosity, crack, undercut: 6 of 8 rejected
+            answer = httpx.post(
+                f"{keeping.url}/v1/models/{CLASSIFIER}/predict", content=frame, headers={"content-type": "image/jpeg"}
+            ).json()
+            sent.append((frame, answer))
+        rejected = [(frame, answer) for frame, answer in sent if answer["decision"] == "reject"]
+        assert len(rejected) == 6
+        kept = wait_for_kept(keeping, 3)
+        # The newest three, newest first, each with the answer the camera got and the bytes it sent.
+        assert [f["answer"] for f in kept] == [answer for _, answer in reversed(rejected[-3:])]
+        for listed, (frame, _) in zip(kept, reversed(rejected[-3:]), strict=True):
+            image = httpx.get(f"{keeping.url}/v1/models/{CLASSIFIER}/review/frames/{listed['id']}")
+            assert image.content == frame and image.headers["content-type"] == "image/jpeg"
+        assert httpx.get(f"{keeping.url}/v1/models/weld-detector/review/frames").json()["frames"] == []
+        context = browser.new_context()
+        try:
+            page = Page(context.new_page(), keeping)
+            page.open(f"/models/{CLASSIFIER}/thresholds")
+            page.testid("live-count").wait_for()
+            ids = page.testid("live").locator("[data-testid=live-open]").evaluate_all("ns => ns.map(n => n.dataset.id)")
+            assert ids == [str(f["id"]) for f in kept]
+            page.testid("live").locator(f"[data-testid=live-open][data-id='{kept[0]['id']}']").click()
+            page.page.wait_for_selector(f"[data-testid=live-detail][data-id='{kept[0]['id']}']")
+            assert page.text("live-active-decision") == f"reject: {', '.join(kept[0]['answer']['defects'])}"
+            assert page.testid("live-active-image").evaluate("img => img.complete && img.naturalWidth") == 320
+        finally:
+            context.close()
+
+
+def wait_for_kept(server: RunningServer, count: int) -> list[dict]:
+    """The frames kept for review, once `count` are (the worker writes them off the request path)."""
+    deadline = time.monotonic() + 10
+    while True:
+        frames = httpx.get(f"{server.url}/v1/models/{CLASSIFIER}/review/frames").json()["frames"]
+        if len(frames) >= count or time.monotonic() > deadline:
+            return frames
+        time.sleep(0.05)
+
+
 # Every control the pages have, as the tests above use them (a class's or model's name as NAME, a
 # revision as N): a control added without a test that uses it fails here.
 EXERCISED = {
     "token-button", "token-input", "token-save", "token-forget", "nav-models", "open-NAME",
     "sweep-file", "target-NAME", "sweep-run", "slider-NAME", "use-f1-NAME", "use-proposal-NAME",
     "use-active-NAME", "save-author", "save-reason", "save", "diff-from-N", "diff-to-N", "rollback-N",
-    "inspect-file", "inspect-run", "review-open",
+    "inspect-file", "inspect-run", "review-open", "live-open",
 }  # fmt: skip
 
 
@@ -416,4 +461,6 @@ def test_every_control_on_every_page_is_one_a_test_uses(console: Page, server, s
     console.testid("review-open").first.wait_for()
     console.testid("history").locator("tr").nth(2).wait_for()
     collect()
-    assert controls == EXERCISED
+    assert console.testid("live-off").is_visible()
+    # A frame kept for review opens with `live-open`, on a server that keeps them (the test above).
+    assert controls == EXERCISED - {"live-open"}

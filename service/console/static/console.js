@@ -597,6 +597,44 @@ async function thresholdsPage(name) {
     inspected,
   );
 
+  // Live frames this model rejected, kept for review when the service is asked to.
+  const live = el("div", { testid: "live" });
+  const liveDetail = el("div", { class: "cards", testid: "live-detail" });
+  main.append(el("h2", {}, "Live frames kept for review"), live, liveDetail);
+  const showLive = async () => {
+    const kept = await api(`${path}/review/frames?limit=100`);
+    if (!kept.keeping) {
+      live.replaceChildren(
+        el("p", { class: "muted", testid: "live-off" }, "Off: these are production images. Start the service with INSPECTION_KEEP_REJECTED_FRAMES=N to keep the newest N rejected frames of each model."),
+      );
+      return;
+    }
+    live.replaceChildren(
+      el("p", { class: "muted", testid: "live-count" }, `${kept.frames.length} of the newest ${kept.keeping} rejected frames kept.`),
+      el(
+        "ul",
+        {},
+        kept.frames.map((f) =>
+          el(
+            "li",
+            {},
+            el("button", { type: "button", class: "link", testid: "live-open", "data-id": String(f.id), onclick: () => openLive(f) }, `frame ${f.id}`),
+            ` ${new Date(f.created_at).toLocaleString()}: ${f.answer.decision} (${f.answer.defects.join(", ")}) at revision ${f.answer.thresholds_revision}`,
+          ),
+        ),
+      ),
+    );
+  };
+  const openLive = (kept) => {
+    const url = `${path}/review/frames/${kept.id}`;
+    const none = { present: [], boxes: [] };
+    const current = Object.fromEntries(defectClasses.map((c) => [c, activeRevision.thresholds[c]]));
+    const views = [frameView("live-active", `frame ${kept.id} at the active thresholds`, url, model.task, model.classes, none, kept.answer, current)];
+    if (swept) views.push(frameView("live-proposed", "at the proposed thresholds", url, model.task, model.classes, none, kept.answer, proposal));
+    liveDetail.replaceChildren(...views);
+    liveDetail.dataset.id = String(kept.id);
+  };
+
   // Saving.
   const author = el("input", { type: "text", placeholder: "your name", testid: "save-author" });
   const reason = el("input", { type: "text", placeholder: "why", size: 40, testid: "save-reason" });
@@ -894,6 +932,7 @@ async function thresholdsPage(name) {
 
   await showActive();
   await showHistory();
+  await showLive();
 }
 
 showToken();
