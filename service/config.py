@@ -197,6 +197,15 @@ class Settings(BaseSettings):
         default=200 * 1024 * 1024, ge=1024, description="Largest sample archive for a threshold sweep, zipped or not."
     )
     max_sweep_images: int = Field(default=1000, ge=1, description="Most images in one threshold sweep.")
+    sample_sets_dir: Path | None = Field(
+        default=None,
+        description="Labelled sample sets kept on the server (zips or folders in the layout of export.samples), "
+        "which a sweep may name instead of uploading one. Default: <state_dir>/samples.",
+    )
+
+    @property
+    def sample_sets(self) -> Path:
+        return self.sample_sets_dir if self.sample_sets_dir is not None else Path(self.state_dir) / "samples"
 
     @field_validator("models", mode="before")
     @classmethod

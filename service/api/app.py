@@ -25,7 +25,7 @@ from service.api.limits import RequestLimits
 from service.api.predictions import DirectRoute, PredictionEndpoint, prediction_model
 from service.api.review import review_router
 from service.api.schemas import ErrorResponse, ModelDescription, ModelList, ThresholdsView
-from service.api.thresholds import thresholds_router
+from service.api.thresholds import sample_sets_of, sample_sets_router, thresholds_router
 from service.api.v2.endpoints import V2Inference, infer_target
 from service.api.v2.routes import v2_router
 from service.api.versions import versions_router
@@ -227,7 +227,9 @@ def create_app(
         # FastAPI's validation of five declared parameters took ~13% of the event loop's time per prediction.
         return await predictions(request, model)
 
-    app.include_router(thresholds_router(settings, served_models))
+    sample_sets = sample_sets_of(settings)
+    app.include_router(thresholds_router(settings, served_models, sample_sets))
+    app.include_router(sample_sets_router(sample_sets))
     app.include_router(versions_router(settings, served_models))
     app.include_router(review_router(settings, served_models))
     app.include_router(v2_router(served_models, ready, v2_infer))

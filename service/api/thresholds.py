@@ -12,13 +12,14 @@ and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,13 +35,15 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.pipeline.decode import SUPPORTED_FORMATS, sniff_format
 from service.revisions import page_of
 from service.served_models import ServedModels
 from service.tasks import Answer, head_for
 from service.thresholds.report import SweepReport
 from service.thresholds.rules import RevisionNumber, ThresholdValue, parse_class_values
 from service.thresholds.runner import run_sweep, sweep_options
-from service.thresholds.samples import LabelledImage, SampleSetError, ZipFiles, read_samples
+from service.thresholds.sample_sets import SampleSets
+from service.thresholds.samples import LabelledImage, SampleFiles, SampleSetError, ZipFiles, read_samples
 from service.thresholds.sweep import swept_samples
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,17 @@ class ThresholdRevisionView(BaseModel):
     restores: int | None = Field(
         description="Rollbacks: the revision whose values this one brings back.", examples=[None]
     )
+
+
+class SampleSetView(BaseModel):
+    name: str = Field(examples=["weld-cls-line2"])
+    kind: str = Field(description="zip or folder.", examples=["zip"])
+    size_bytes: int
+
+
+class SampleSetList(BaseModel):
+    folder: str = Field(description="Where they are kept: INSPECTION_SAMPLE_SETS_DIR.")
+    sets: list[SampleSetView]
 
 
 class ThresholdHistory(BaseModel):
@@ -150,7 +164,9 @@ def admin_only(settings: Settings, what: str) -> Callable[..., None]:
     return writer
 
 
-def thresholds_router(settings: Settings, served_models: Callable[[], ServedModels]) -> APIRouter:
+def thresholds_router(
+    settings: Settings, served_models: Callable[[], ServedModels], sample_sets: SampleSets
+) -> APIRouter:
     router = APIRouter(prefix="/v1/models/{model}/thresholds", tags=["thresholds"])
 
     # Database routes are plain functions: FastAPI runs them in its thread pool, off the event loop
@@ -238,6 +254,11 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             alias="samples",
             description="Also list each image's labels and the model's answer (`samples`), as the QA console does.",
         ),
+        sample_set: str | None = Query(
+            None,
+            alias="set",
+            description="A labelled sample set kept on the server (`GET /v1/sample-sets`) instead of a zip body.",
+        ),
     ) -> SweepReport:
         models = served_models()
         predictor = models.get(model)
@@ -247,16 +268,22 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
             wanted = parse_class_values(targets, manifest.defect_classes, "targets") if targets else {}
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from None
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in ZIP_TYPES:
-            raise UnsupportedMediaType(
-                f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
+        if sample_set is not None:
+            if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+                raise InvalidParameters("name a sample set (set=) or send a zip body, not both")
+            files: SampleFiles = await asyncio.to_thread(sample_sets.open, sample_set)
+        else:
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type not in ZIP_TYPES:
+                raise UnsupportedMediaType(
+                    f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
+                )
+            archive = await read_body(
+                request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
             )
-        archive = await read_body(
-            request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
-        )
         try:
-            files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
+            if sample_set is None:
+                files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
             samples = read_samples(files, manifest, head_for(manifest).read_labels)
         except SampleSetError as exc:
             raise MalformedRequest(f"samples: {exc}") from exc
@@ -288,5 +315,38 @@ def thresholds_router(settings: Settings, served_models: Callable[[], ServedMode
         if with_samples:
             answered.samples = swept_samples(tally)
         return answered
+
+    return router
+
+
+def sample_sets_of(settings: Settings) -> SampleSets:
+    """The labelled sample sets kept on the server (`INSPECTION_SAMPLE_SETS_DIR`), within the sweep's limits."""
+    return SampleSets(settings.sample_sets, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
+
+
+def sample_sets_router(sample_sets: SampleSets) -> APIRouter:
+    router = APIRouter(tags=["thresholds"])
+
+    @router.get(
+        "/v1/sample-sets",
+        response_model=SampleSetList,
+        summary="Labelled sample sets kept on the server",
+    )
+    def list_sample_sets() -> SampleSetList:
+        return SampleSetList(
+            folder=str(sample_sets.root),
+            sets=[SampleSetView(name=s.name, kind=s.kind, size_bytes=s.size_bytes) for s in sample_sets.list()],
+        )
+
+    @router.get(
+        "/v1/sample-sets/{name}/files/{file:path}",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}, "description": "The file."}, **_errors(404, 413)},
+        summary="One file of a sample set kept on the server (the console shows its frames)",
+    )
+    def sample_set_file(name: str, file: str) -> Response:
+        data = sample_sets.read(name, file)
+        media = SUPPORTED_FORMATS.get(sniff_format(data) or "", "application/octet-stream")
+        return Response(data, media_type=media)
 
     return router

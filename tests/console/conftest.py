@@ -49,10 +49,17 @@ def browser() -> Iterator[object]:
             launched.close()
 
 
+SERVER_SET = "line2-classifier"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A server of its own for the console's tests, with the admin token set."""
-    with running_server(tmp_path_factory.mktemp("console"), admin_token=ADMIN_TOKEN) as running:
+def server(tmp_path_factory: pytest.TempPathFactory, samples_zip: Path) -> Iterator[RunningServer]:
+    """A server of its own for the console's tests, with the admin token set and the classifier's
+    samples also kept on the server, as the set `line2-classifier`."""
+    sets = tmp_path_factory.mktemp("sample-sets")
+    shutil.copy(samples_zip, sets / f"{SERVER_SET}.zip")
+    folder = tmp_path_factory.mktemp("console")
+    with running_server(folder, admin_token=ADMIN_TOKEN, sample_sets_dir=sets) as running:
         yield running
 
 

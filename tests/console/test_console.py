@@ -14,7 +14,7 @@ import pytest
 from export.synthetic import encode_image, generate_weld
 from loadtests.frames import line_frames
 from tests.conftest import RunningServer, running_server
-from tests.console.conftest import ADMIN_TOKEN, Page
+from tests.console.conftest import ADMIN_TOKEN, SERVER_SET, Page
 
 CLASSIFIER = "weld-classifier"
 # The console's chart: the same geometry as console.js's CHART.
@@ -415,6 +415,43 @@ def test_live_rejected_frames_are_kept_only_when_asked_and_reviewed_with_their_a
             context.close()
 
 
+def test_a_sample_set_kept_on_the_server_is_swept_and_reviewed_without_an_upload(console: Page, server, samples_zip):
+    sets = httpx.get(f"{server.url}/v1/sample-sets").json()["sets"]
+    assert sets == [{"name": SERVER_SET, "kind": "zip", "size_bytes": samples_zip.stat().st_size}]
+    by_upload = sweep_report(server, samples_zip, "crack:0.9")
+    console.open(f"/models/{CLASSIFIER}/thresholds")
+    console.page.wait_for_selector(f"[data-testid=sweep-set] option[value='{SERVER_SET}']", state="attached")
+    console.testid("sweep-set").select_option(SERVER_SET)
+    console.testid("target-crack").fill("0.9")
+    console.testid("sweep-run").click()
+    console.page.wait_for_selector("[data-testid=sweep-status][data-images]", timeout=120_000)
+    # The same figures as the same samples uploaded, and nothing was uploaded.
+    for name, sweep in by_upload["classes"].items():
+        assert console.text(f"value-{name}-threshold") == f"{sweep['proposed']['threshold']:.2f}"
+    assert [url for url in console.requests if "/sweep" in url and f"set={SERVER_SET}" not in url] == []
+    move(console, "crack", 0.99)
+    first = console.testid("queue-fn").locator("[data-testid=review-open]").first
+    name = first.get_attribute("data-name")
+    first.click()
+    console.page.wait_for_selector(f"[data-testid=frame-detail][data-name='{name}']")
+    image = console.testid("frame-proposed-image")
+    assert image.get_attribute("src") == f"/v1/sample-sets/{SERVER_SET}/files/{name}"
+    console.page.wait_for_function("document.querySelector('[data-testid=frame-proposed-image]').naturalWidth === 320")
+    with zipfile.ZipFile(samples_zip) as archive:
+        served = httpx.get(f"{server.url}/v1/sample-sets/{SERVER_SET}/files/{name}")
+        assert served.content == archive.read(name) and served.headers["content-type"] == "image/jpeg"
+    # Nothing outside the set, and a set or a body, not both.
+    assert httpx.get(f"{server.url}/v1/sample-sets/{SERVER_SET}/files/..%2F..%2Fthresholds.db").status_code == 404
+    assert httpx.get(f"{server.url}/v1/sample-sets/elsewhere/files/a.jpg").status_code == 404
+    both = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/thresholds/sweep",
+        params={"set": SERVER_SET},
+        content=samples_zip.read_bytes(),
+        headers={"content-type": "application/zip"},
+    )
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+
+
 def wait_for_kept(server: RunningServer, count: int) -> list[dict]:
     """The frames kept for review, once `count` are (the worker writes them off the request path)."""
     deadline = time.monotonic() + 10
@@ -431,7 +468,7 @@ EXERCISED = {
     "token-button", "token-input", "token-save", "token-forget", "nav-models", "open-NAME",
     "sweep-file", "target-NAME", "sweep-run", "slider-NAME", "use-f1-NAME", "use-proposal-NAME",
     "use-active-NAME", "save-author", "save-reason", "save", "diff-from-N", "diff-to-N", "rollback-N",
-    "inspect-file", "inspect-run", "review-open", "live-open",
+    "inspect-file", "inspect-run", "review-open", "live-open", "sweep-set",
 }  # fmt: skip
 
 
@@ -443,7 +480,7 @@ def test_every_control_on_every_page_is_one_a_test_uses(console: Page, server, s
 
     def collect() -> None:
         for testid in console.page.eval_on_selector_all(
-            "button[data-testid], input[data-testid], a[data-testid]", "nodes => nodes.map(n => n.dataset.testid)"
+            "button[data-testid], input[data-testid], select[data-testid], a[data-testid]", "nodes => nodes.map(n => n.dataset.testid)"
         ):
             generic = re.sub(r"-\d+$", "-N", testid)
             for name in sorted(names, key=len, reverse=True):

@@ -550,13 +550,18 @@ async function thresholdsPage(name) {
   const targets = Object.fromEntries(
     defectClasses.map((c) => [c, el("input", { type: "number", min: 0, max: 1, step: 0.01, placeholder: "-", testid: `target-${c}`, size: 4 })]),
   );
+  const setChoice = el("select", { testid: "sweep-set" }, el("option", { value: "" }, "the zip chosen here"));
+  api("/v1/sample-sets").then((found) => {
+    for (const set of found.sets) setChoice.append(el("option", { value: set.name }, `${set.name} (on the server, ${set.kind})`));
+  });
   const sweepStatus = el("div", { testid: "sweep-status" });
   const sweepOut = el("div", { testid: "sweep" });
   const run = el("button", { type: "button", testid: "sweep-run" }, "Sweep");
   main.append(
     el("h2", {}, "Sweep labelled samples"),
     el("p", { class: "muted" }, "A zip in the layout `python -m export.samples` writes. The model runs once per image; moving a threshold below reads the sweep, without running it again."),
-    el("div", { class: "row" }, file, ...defectClasses.map((c) => el("label", {}, `target recall ${c} `, targets[c])), run),
+    el("div", { class: "row" }, el("label", {}, "Samples: ", setChoice), file),
+    el("div", { class: "row" }, ...defectClasses.map((c) => el("label", {}, `target recall ${c} `, targets[c])), run),
     sweepStatus,
     sweepOut,
   );
@@ -746,10 +751,12 @@ async function thresholdsPage(name) {
 
   // The sweep's figures per class, and the values to save.
   let proposal = {};
-  let archive = null;
+  let archive = null; // the zip chosen here, read in the page
+  let serverSet = null; // or the set on the server the sweep named
   let swept = null; // the sweep's report
-  const frameUrls = new Map(); // sample name -> its image, as a blob: address
+  const frameUrls = new Map(); // sample name -> its image's address
   const frameUrl = async (name) => {
+    if (serverSet) return `/v1/sample-sets/${encodeURIComponent(serverSet)}/files/${name.split("/").map(encodeURIComponent).join("/")}`;
     if (!frameUrls.has(name)) frameUrls.set(name, URL.createObjectURL(new Blob([await archive.read(name)])));
     return frameUrls.get(name);
   };
@@ -806,22 +813,24 @@ async function thresholdsPage(name) {
   };
 
   run.addEventListener("click", async () => {
-    if (!file.files.length) {
-      message(sweepStatus, "error", "Choose a zip of labelled samples first.");
+    const onServer = setChoice.value;
+    if (!onServer && !file.files.length) {
+      message(sweepStatus, "error", "Choose a zip of labelled samples, or a set on the server, first.");
       return;
     }
     const wanted = defectClasses.filter((c) => targets[c].value !== "").map((c) => `${c}:${targets[c].value}`);
     const query = new URLSearchParams({ step: "0.01", samples: "true" });
     if (wanted.length) query.set("targets", wanted.join(","));
-    message(sweepStatus, "ok", `Sweeping ${file.files[0].name}...`);
+    if (onServer) query.set("set", onServer);
+    message(sweepStatus, "ok", `Sweeping ${onServer || file.files[0].name}...`);
     run.disabled = true;
     try {
       const report = await api(`${path}/thresholds/sweep?${query}`, {
         method: "POST",
-        body: file.files[0],
-        contentType: "application/zip",
+        ...(onServer ? {} : { body: file.files[0], contentType: "application/zip" }),
       });
-      archive = await readZip(file.files[0]);
+      archive = onServer ? null : await readZip(file.files[0]);
+      serverSet = onServer || null;
       frameUrls.clear();
       showSweep(report);
       message(sweepStatus, "ok", `${report.images} images swept at revision ${report.thresholds_revision}; positives are ${report.positive}.`);

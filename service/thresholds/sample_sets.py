@@ -1,0 +1,84 @@
+"""Labelled sample sets kept on the server, in `INSPECTION_SAMPLE_SETS_DIR`: each a zip archive
+(`NAME.zip`) or a folder (`NAME/`) in the layout `python -m export.samples` writes. A sweep can name
+one instead of uploading it (`?set=NAME`), and the QA console shows its frames from
+`GET /v1/sample-sets/{name}/files/{path}`. Names are plain (letters, digits, `.`, `_`, `-`): nothing
+outside the folder is ever read.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import NotFound, PayloadTooLarge
+from service.thresholds.samples import FolderFiles, SampleFiles, SampleSetError, ZipFiles
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class SampleSetInfo:
+    name: str
+    kind: str  # "zip" or "folder"
+    size_bytes: int
+
+
+class SampleSets:
+    def __init__(self, root: Path, max_bytes: int, max_files: int) -> None:
+        self.root = root
+        self._max_bytes = max_bytes
+        self._max_files = max_files
+        self._lock = threading.Lock()
+        self._open: tuple[str, float, SampleFiles] | None = None  # the last set opened: the console reads its frames
+
+    def list(self) -> list[SampleSetInfo]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.iterdir()):
+            if path.is_file() and path.suffix.lower() == ".zip" and _NAME.fullmatch(path.stem):
+                found.append(SampleSetInfo(path.stem, "zip", path.stat().st_size))
+            elif path.is_dir() and _NAME.fullmatch(path.name):
+                size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                found.append(SampleSetInfo(path.name, "folder", size))
+        return found
+
+    def open(self, name: str) -> SampleFiles:
+        """The set's files; NotFound when there is no such set, PayloadTooLarge over the sweep's limits."""
+        path = self._path(name)
+        stamp = path.stat().st_mtime
+        with self._lock:
+            if self._open is not None and self._open[:2] == (name, stamp):
+                return self._open[2]
+        if path.is_dir():
+            files: SampleFiles = FolderFiles(path)
+        else:
+            size = path.stat().st_size
+            if size > self._max_bytes:
+                raise PayloadTooLarge(
+                    f"sample set {name} is {size} bytes; INSPECTION_MAX_SWEEP_BYTES is {self._max_bytes}"
+                )
+            try:
+                files = ZipFiles(path.read_bytes(), self._max_bytes, self._max_files)
+            except SampleSetError as exc:
+                raise PayloadTooLarge(f"sample set {name}: {exc}") from None
+        with self._lock:
+            self._open = (name, stamp, files)
+        return files
+
+    def read(self, name: str, file: str) -> bytes:
+        """One file of a set, by its path in the set (as a sweep's report names it)."""
+        files = self.open(name)
+        if file not in set(files.names()):
+            raise NotFound(f"sample set {name} has no file {file!r}")
+        return files.read(file)
+
+    def _path(self, name: str) -> Path:
+        if _NAME.fullmatch(name):
+            for path in (self.root / f"{name}.zip", self.root / name):
+                if (path.is_file() and path.suffix == ".zip") or path.is_dir():
+                    return path
+        known = ", ".join(s.name for s in self.list()) or "none"
+        raise NotFound(f"no sample set named {name!r} in {self.root}; there are: {known}")
