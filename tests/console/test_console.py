@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -268,6 +269,7 @@ def test_the_review_queues_hold_exactly_the_frames_the_api_gets_wrong_at_the_pro
     # Independently: the server's own decisions at those thresholds (a per-request override), frame by frame.
     override = ",".join(f"{name}:{value}" for name, value in proposed.items())
     missed, spurious = set(), set()
+    decided: Counter[tuple[str, str]] = Counter()
     with zipfile.ZipFile(samples_zip) as archive:
         truths = {
             sample["name"]: sample["truth"]
@@ -290,12 +292,21 @@ def test_the_review_queues_hold_exactly_the_frames_the_api_gets_wrong_at_the_pro
                 missed.add(name)
             if set(answer["defects"]) - set(truth["present"]):
                 spurious.add(name)
+            # The decided label: the best-scored class that crossed its threshold, else the background.
+            crossed = sorted(answer["defects"], key=lambda c: -answer["scores"][c])
+            decided[(truth["label"], crossed[0] if crossed else "no_defect")] += 1
     assert missed and spurious, "thresholds chosen to get frames wrong got none wrong"
     console.page.wait_for_function(
         f"document.querySelector('[data-testid=queue-fn-count]').textContent.trim() === '{len(missed)}'"
     )
     assert queue(console, "fn") == missed
     assert queue(console, "fp") == spurious
+    # The confusion follows the moved thresholds too, as the server decides at them.
+    labels = ["no_defect", "porosity", "crack", "undercut"]
+    rows = console.testid("confusion").locator("tr").all_inner_texts()
+    assert [[int(n) for n in row.split("\t")[1:]] for row in rows[1:]] == [
+        [decided[(truth, shown)] for shown in labels] for truth in labels
+    ]
     # As many crack misses as the sweep's curve counts at 0.99.
     crack = report["classes"]["crack"]["curve"]
     assert (
@@ -480,7 +491,8 @@ def test_every_control_on_every_page_is_one_a_test_uses(console: Page, server, s
 
     def collect() -> None:
         for testid in console.page.eval_on_selector_all(
-            "button[data-testid], input[data-testid], select[data-testid], a[data-testid]", "nodes => nodes.map(n => n.dataset.testid)"
+            "button[data-testid], input[data-testid], select[data-testid], a[data-testid]",
+            "nodes => nodes.map(n => n.dataset.testid)",
         ):
             generic = re.sub(r"-\d+$", "-N", testid)
             for name in sorted(names, key=len, reverse=True):

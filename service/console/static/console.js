@@ -761,6 +761,36 @@ async function thresholdsPage(name) {
     return frameUrls.get(name);
   };
 
+  // A classifier's confusion at the proposed thresholds: each image's decided label is the best-scored
+  // class reaching its threshold, else the background class (or "none"), as the sweep decides it.
+  const confusion = el("div", { testid: "confusion-wrap" });
+  const showConfusion = () => {
+    if (!swept?.confusion || !swept.samples) return;
+    const background = model.background_class;
+    const labels = background === null ? [...model.classes, "none"] : model.classes;
+    const matrix = labels.map(() => labels.map(() => 0));
+    for (const sample of swept.samples) {
+      let decided = background ?? "none";
+      let best = -Infinity;
+      for (const name of model.classes) {
+        const score = sample.answer.scores[name];
+        if (name in proposal && score >= proposal[name] && score > best) {
+          best = score;
+          decided = name;
+        }
+      }
+      matrix[labels.indexOf(sample.truth.label)][labels.indexOf(decided)] += 1;
+    }
+    confusion.replaceChildren(
+      el(
+        "table",
+        { testid: "confusion" },
+        el("tr", {}, el("th", {}, "labelled \\ decided"), labels.map((l) => el("th", {}, l))),
+        ...matrix.map((row, i) => el("tr", {}, el("th", {}, labels[i]), row.map((n) => el("td", { class: "num" }, n)))),
+      ),
+    );
+  };
+
   // Review: the sample set's wrong answers at the proposed thresholds, each frame beside itself at the active ones.
   const review = el("div", { testid: "review" });
   const detail = el("div", { class: "cards", testid: "frame-detail" });
@@ -775,6 +805,7 @@ async function thresholdsPage(name) {
   };
   const showReview = () => {
     if (!swept?.samples) return;
+    showConfusion();
     const queues = { fn: [], fp: [], near: [] };
     for (const sample of swept.samples) {
       const seen = outcome(model.task, sample.truth, sample.answer, proposal);
@@ -896,18 +927,7 @@ async function thresholdsPage(name) {
       update();
     }
     const parts = [cards];
-    if (report.confusion) {
-      const { labels, matrix } = report.confusion;
-      parts.push(
-        el("h2", {}, "Confusion at the sweep's proposal"),
-        el(
-          "table",
-          { testid: "confusion" },
-          el("tr", {}, el("th", {}, "labelled \\ decided"), labels.map((l) => el("th", {}, l))),
-          ...matrix.map((row, i) => el("tr", {}, el("th", {}, labels[i]), row.map((n) => el("td", { class: "num" }, n)))),
-        ),
-      );
-    }
+    if (report.confusion) parts.push(el("h2", {}, "Confusion at the proposed thresholds"), confusion);
     parts.push(
       el("h2", {}, "Review at the proposed thresholds"),
       el("p", { class: "muted" }, "The sample set's frames the proposed thresholds get wrong, and those close to a threshold. Open one to see it at the proposed and at the active thresholds (dashed boxes: labelled; masks: where the class is the most probable)."),
