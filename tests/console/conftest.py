@@ -33,8 +33,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one module's tests. Not longer: Playwright's synchronous API runs an event loop in
+    this thread while it is open, and the suite's later `asyncio.run` calls would find it running."""
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (Debian's chromium package; tests/with_services.sh installs it)")
     try:

@@ -68,8 +68,13 @@ def swept(console: Page, archive: Path, targets: dict[str, str] | None = None) -
 
 
 def move(console: Page, name: str, value: float) -> None:
+    """Move a class's slider, and wait until the review queues follow it."""
     console.testid(f"slider-{name}").evaluate(
         "(slider, value) => { slider.value = value; slider.dispatchEvent(new Event('input')); }", str(value)
+    )
+    console.page.wait_for_function(
+        "wanted => document.querySelector('[data-testid=review]').dataset.thresholds.split(',').includes(wanted)",
+        arg=f"{name}:{value}",
     )
 
 

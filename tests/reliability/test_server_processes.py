@@ -181,7 +181,7 @@ def test_while_its_workers_warm_up_the_server_answers_livez_and_readyz_waits_for
     slow = {"workers": 2, "models": "weld-segmenter", "fixed_batch_shapes": True, "max_batch_size": 64}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    seen: list[tuple[int | None, int | None, int | None]] = []  # livez, readyz, workers listening
+    seen: list[tuple[float, int | None, int | None, int | None]] = []  # when, livez, readyz, workers listening
     stop = threading.Event()
 
     def ask() -> None:
@@ -203,7 +203,7 @@ def test_while_its_workers_warm_up_the_server_answers_livez_and_readyz_waits_for
                 if server_pid is None
                 else listeners_at(socket.AF_INET, "127.0.0.1", port, socket_inodes(server_pid))
             )
-            seen.append((livez, readyz, workers))
+            seen.append((time.monotonic(), livez, readyz, workers))
             time.sleep(0.02)
 
     asking = threading.Thread(target=ask, daemon=True)
@@ -215,11 +215,14 @@ def test_while_its_workers_warm_up_the_server_answers_livez_and_readyz_waits_for
     finally:
         stop.set()
         asking.join()
-    warming = [s for s in seen if s[1] == 503]
+    first_ready = next(s for s in seen if s[2] == 200)
+    assert first_ready[3] == 2, seen  # ready only once both workers listen
+    # Answered all along the warm-up, but for its last moment: when the server process stops listening,
+    # a connection the kernel had just queued on its socket is reset (Linux does not hand it to a
+    # worker's socket), so a probe then may fail once.
+    warming = [s for s in seen if s[2] == 503 and s[0] < first_ready[0] - 0.5]
     assert len(warming) > 20, seen[:5]  # seconds of warm-up, answered
-    assert all(livez == 200 for livez, _, _ in warming)
-    first_ready = next(s for s in seen if s[1] == 200)
-    assert first_ready[2] == 2, seen  # ready only once both workers listen
+    assert all(livez == 200 for _, livez, _, _ in warming), [s for s in warming if s[1] != 200]
     assert during == 200
 
 

@@ -806,6 +806,8 @@ async function thresholdsPage(name) {
   const showReview = () => {
     if (!swept?.samples) return;
     showConfusion();
+    // What the queues were computed at, for whoever waits for them (the tests).
+    review.dataset.thresholds = Object.entries(proposal).map(([name, value]) => `${name}:${value}`).join(",");
     const queues = { fn: [], fp: [], near: [] };
     for (const sample of swept.samples) {
       const seen = outcome(model.task, sample.truth, sample.answer, proposal);
