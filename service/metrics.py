@@ -42,6 +42,7 @@ class InspectionMetrics:
     batch_size: Any
     decisions: Any
     defects: Any
+    reviews: Any
     errors: Any
     model_info: Any
     active_version: Any
@@ -77,9 +78,17 @@ def inspection_metrics() -> InspectionMetrics:
         batch_size=Histogram(
             "inspection_batch_size", "Images per inference batch.", ["model"], buckets=BATCH_SIZE_BUCKETS
         ),
-        decisions=Counter("inspection_decisions", "Predictions by decision.", ["model", "decision"]),
+        decisions=Counter(
+            "inspection_decisions", "Predictions by decision: accept, review, reject.", ["model", "decision"]
+        ),
         defects=Counter(
             "inspection_defects", "Predictions in which a defect class crossed its threshold.", ["model", "class_name"]
+        ),
+        reviews=Counter(
+            "inspection_reviews",
+            "Predictions in which a defect class was in its review band (at or above its review threshold, below "
+            "its reject threshold).",
+            ["model", "class_name"],
         ),
         errors=Counter("inspection_errors", "Failed requests by error code.", ["model", "code"]),
         model_info=Gauge(

@@ -131,7 +131,9 @@ def describe(models: ServedModels, name: str) -> ModelDescription:
         background_class=manifest.background_class,
         provider=predictor.provider,
         batch_sizes=list(sizes) if sizes else None,
-        thresholds=ThresholdsView(revision=active.revision, values=active.values, nms_iou=active.nms_iou),
+        thresholds=ThresholdsView(
+            revision=active.revision, values=active.values, nms_iou=active.nms_iou, review=active.review
+        ),
         manifest=manifest.model_dump(mode="json"),
     )
 

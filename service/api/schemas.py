@@ -23,6 +23,9 @@ class ThresholdsView(BaseModel):
     revision: int
     values: dict[str, float]
     nms_iou: float | None
+    review: dict[str, float] = Field(
+        default_factory=dict, description="Review thresholds, for the classes with a band."
+    )
 
 
 class ModelDescription(BaseModel):

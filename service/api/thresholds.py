@@ -85,6 +85,12 @@ class ThresholdRevisionView(BaseModel):
         examples=[{"porosity": 0.5, "crack": 0.25, "undercut": 0.5}],
     )
     nms_iou: float | None = Field(description="Detectors: the NMS IoU. null for other tasks.", examples=[None])
+    review_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="The review band's lower bound, for the classes that have one: at or above it and below the "
+        "class's threshold, the class sends the part to review. Empty: accept or reject only.",
+        examples=[{"crack": 0.12}],
+    )
     model_version: int = Field(description="The model version served when this revision was written.", examples=[1])
     author: str = Field(examples=["j.moreau"])
     reason: str = Field(examples=["missed crack on line 3, lot 2291"])
@@ -139,6 +145,12 @@ class ThresholdChange(AuditedChange):
         examples=[{"crack": 0.25}],
     )
     nms_iou: ThresholdValue | None = Field(default=None, description="Detectors: a new NMS IoU.")
+    review_thresholds: dict[str, ThresholdValue | None] = Field(
+        default_factory=dict,
+        description="New review thresholds, 0 to the class's threshold, for some classes (null: the class loses its "
+        "band); the others keep theirs.",
+        examples=[{"crack": 0.12}],
+    )
 
 
 class ThresholdRollback(AuditedChange):
@@ -194,6 +206,7 @@ def thresholds_router(
             author=body.author,
             reason=body.reason,
             expected_revision=body.expected_revision,
+            review_thresholds=body.review_thresholds,
         )
         return ThresholdRevisionView.model_validate(revision)
 

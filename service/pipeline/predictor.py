@@ -198,3 +198,5 @@ class Predictor:
         metrics.decisions.labels(name, answer.decision).inc()
         for defect in answer.defects:
             metrics.defects.labels(name, defect).inc()
+        for in_band in answer.review or ():
+            metrics.reviews.labels(name, in_band).inc()

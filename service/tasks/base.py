@@ -30,7 +30,7 @@ from service.manifest import ModelManifest, OutputDecoder, Task
 from service.pipeline.geometry import Geometry
 from service.tasks.decision import Decision, decide
 from service.tensors import Tensor
-from service.thresholds.rules import ThresholdSet, parse_class_values, unknown_classes
+from service.thresholds.rules import ThresholdSet, check_review, parse_class_values, unknown_classes
 from service.thresholds.samples import LabelledImage, SampleFiles
 from service.thresholds.sweep import ClassEvidence, Truth
 
@@ -56,23 +56,39 @@ class Answer(BaseModel):
     task: str
     image: ImageSize
     thresholds_revision: int = Field(description="The thresholds revision this answer used.")
-    decision: Decision = Field(description="reject when any defect class crossed its threshold.")
+    decision: Decision = Field(
+        description="reject when any defect class crossed its threshold; else review when a class is in its review "
+        "band (only where review thresholds are set); else accept."
+    )
     defects: list[str] = Field(description="Defect classes that crossed their threshold.", examples=[["crack"]])
+    review: list[str] | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Defect classes in their review band (at or above their review threshold, below their reject "
+        "threshold). Only in answers of models with review thresholds.",
+        examples=[["porosity"]],
+    )
 
 
 def answer_header(
-    manifest: ModelManifest, geometry: Geometry, thresholds: ThresholdSet, defects: list[str]
+    manifest: ModelManifest,
+    geometry: Geometry,
+    thresholds: ThresholdSet,
+    defects: list[str],
+    review: list[str] | None = None,
 ) -> dict[str, Any]:
     """The fields of `Answer` for one image, to build a task's answer from (`model_construct`: the
-    post-processing's own values need no validation)."""
+    post-processing's own values need no validation). `review`: the classes in their review band, None
+    where the request has no review thresholds (the answer then has no `review` field)."""
     return {
         "model": manifest.name,
         "model_version": manifest.version,
         "task": manifest.task.value,
         "image": ImageSize.model_construct(width=geometry.original_width, height=geometry.original_height),
         "thresholds_revision": thresholds.revision,
-        "decision": decide(defects),
+        "decision": decide(defects, review),
         "defects": defects,
+        "review": review,
     }
 
 
@@ -88,10 +104,17 @@ class PredictionOptions(BaseModel):
         "or one value for every defect class (`0.25`).",
         examples=["crack:0.3,porosity:0.6"],
     )
+    review_thresholds: str | float | None = Field(
+        default=None,
+        description="Review threshold overrides for this request (`crack:0.15`, or one value for every defect class): "
+        "a class at or above it, and below its reject threshold, sends the part to review.",
+        examples=["crack:0.15"],
+    )
     classes: str | None = Field(default=None, description="Report only these defect classes.", examples=["crack"])
 
     # What the values mean for the model, set by `check`.
     _overrides: dict[str, float] = PrivateAttr(default_factory=dict)
+    _review_overrides: dict[str, float] = PrivateAttr(default_factory=dict)
     _class_filter: frozenset[str] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -106,11 +129,8 @@ class PredictionOptions(BaseModel):
     def check(self, manifest: ModelManifest) -> None:
         """Checks the values against the model (422 naming the mistake) and keeps what they mean."""
         defect_classes = manifest.defect_classes
-        overrides: dict[str, float] = {}
-        if isinstance(self.thresholds, str) and self.thresholds:
-            overrides = _class_values(self.thresholds, defect_classes)
-        elif isinstance(self.thresholds, float):
-            overrides = _class_values(repr(self.thresholds), defect_classes)
+        overrides = _overrides_of(self.thresholds, defect_classes, "thresholds")
+        review_overrides = _overrides_of(self.review_thresholds, defect_classes, "review_thresholds")
         class_filter = None
         if self.classes:
             class_filter = frozenset(c.strip() for c in self.classes.split(",") if c.strip())
@@ -118,7 +138,7 @@ class PredictionOptions(BaseModel):
                 unknown_classes(class_filter, defect_classes, "classes")
             except ValueError as exc:
                 raise InvalidParameters(str(exc)) from None
-        self._overrides, self._class_filter = overrides, class_filter
+        self._overrides, self._review_overrides, self._class_filter = overrides, review_overrides, class_filter
 
     @property
     def class_filter(self) -> frozenset[str] | None:
@@ -126,17 +146,27 @@ class PredictionOptions(BaseModel):
         return self._class_filter
 
     def thresholds_for(self, active: ThresholdSet) -> ThresholdSet:
-        """The set this request uses: the active one with its overrides on top."""
-        if not self._overrides:
+        """The set this request uses: the active one with its overrides on top. 422 when a review threshold
+        would then lie above its class's reject threshold."""
+        if not self._overrides and not self._review_overrides:
             return active
-        return ThresholdSet(
-            revision=active.revision, values={**active.values, **self._overrides}, nms_iou=active.nms_iou
-        )
+        values = {**active.values, **self._overrides}
+        review = {**active.review, **self._review_overrides}
+        if self._review_overrides or any(c in review for c in self._overrides):
+            try:
+                check_review(review, values)
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+        return ThresholdSet(revision=active.revision, values=values, nms_iou=active.nms_iou, review=review)
 
 
-def _class_values(text: str, defect_classes: list[str]) -> dict[str, float]:
+def _overrides_of(given: str | float | None, defect_classes: list[str], what: str) -> dict[str, float]:
+    """A request's per-class values (`crack:0.3,porosity:0.6`, or one value for every class)."""
+    if given is None or given == "":
+        return {}
+    text = repr(given) if isinstance(given, float) else given
     try:
-        return parse_class_values(text, defect_classes, "thresholds")
+        return parse_class_values(text, defect_classes, what)
     except ValueError as exc:
         raise InvalidParameters(str(exc)) from None
 

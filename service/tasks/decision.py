@@ -1,8 +1,10 @@
-"""The accept/reject rule and the per-request thresholds, shared by every task.
+"""The accept/review/reject rule and the per-request thresholds, shared by every task.
 
-A part is rejected when any defect class crosses its threshold (score >= threshold).
-The background class has no threshold and never rejects; a request's class filter
-narrows which defect classes may reject.
+A part is rejected when any defect class crosses its threshold (score >= threshold). A class with a
+review threshold (a band below its reject threshold) that does not reject but whose score reaches
+the review threshold sends the part to review, when nothing rejects it. Without review thresholds
+a part is accepted or rejected, as always. The background class has no threshold and never rejects;
+a request's class filter narrows which defect classes may reject or ask for review.
 """
 
 from __future__ import annotations
@@ -14,11 +16,23 @@ import numpy as np
 
 from service.manifest import ModelManifest
 
-Decision = Literal["accept", "reject"]
+Decision = Literal["accept", "review", "reject"]
 
 
-def decide(defects: Sequence[str]) -> Decision:
-    return "reject" if defects else "accept"
+def decide(defects: Sequence[str], review: Sequence[str] | None = None) -> Decision:
+    if defects:
+        return "reject"
+    return "review" if review else "accept"
+
+
+def review_band(active: Mapping[str, float], review: Mapping[str, float]) -> dict[str, float]:
+    """The review thresholds of the classes that may reject on this request (`request_thresholds`)."""
+    return {c: float(review[c]) for c in active if c in review}
+
+
+def in_review(band: Mapping[str, float], scores: Mapping[str, float], defects: Sequence[str]) -> list[str]:
+    """The classes in their review band: not rejecting, and scored at or above their review threshold."""
+    return [c for c, low in band.items() if c not in defects and scores.get(c, float("-inf")) >= low]
 
 
 def request_thresholds(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, Strict
@@ -92,5 +92,22 @@ def _value(text: str, name: str, what: str) -> float:
 @dataclass(frozen=True)
 class ThresholdSet:
     revision: int
-    values: dict[str, float]  # one per defect class
+    values: dict[str, float]  # one per defect class: at or above it, the class rejects the part
     nms_iou: float | None
+    # The review band's lower bound, for the classes that have one: at or above it and below the
+    # class's value, the class sends the part to review. Empty: no band, accept or reject only.
+    review: dict[str, float] = field(default_factory=dict)
+
+
+def check_review(review: Mapping[str, float], values: Mapping[str, float]) -> None:
+    """A review band per class: a known defect class, 0..1, and never above the class's reject threshold."""
+    for name, low in review.items():
+        if name not in values:
+            raise ValueError(f"review threshold for {name!r}, which is not a defect class: {sorted(values)}")
+        if not is_threshold(low):
+            raise ValueError(f"review threshold for {name!r} must lie between 0 and 1, got {low}")
+        if low > values[name]:
+            raise ValueError(
+                f"review threshold for {name!r} ({low}) is above its reject threshold ({values[name]}): the band "
+                "runs from the review threshold up to the reject threshold"
+            )

@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +63,7 @@ from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
 from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
 from service.tasks import HEADS
-from service.thresholds.rules import ThresholdSet, check_thresholds, is_threshold
+from service.thresholds.rules import ThresholdSet, check_review, check_thresholds, is_threshold
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ revisions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("replaces", Integer, nullable=True),
     Column("restores", Integer, nullable=True),
+    # The review band's lower bound per class that has one; null (tables of earlier releases) or {}: none.
+    Column("review_thresholds", JSON, nullable=True),
 )
 
 
@@ -111,10 +113,16 @@ class ThresholdRevision:
     created_at: datetime
     replaces: int | None  # the revision that was active before this one
     restores: int | None  # rollback: the revision whose values this one brings back
+    review_thresholds: dict[str, float] = field(default_factory=dict)  # the classes with a review band
 
     @property
     def threshold_set(self) -> ThresholdSet:
-        return ThresholdSet(revision=self.revision, values=dict(self.thresholds), nms_iou=self.nms_iou)
+        return ThresholdSet(
+            revision=self.revision,
+            values=dict(self.thresholds),
+            nms_iou=self.nms_iou,
+            review=dict(self.review_thresholds),
+        )
 
 
 def database_url(settings: Settings) -> str:
@@ -270,25 +278,45 @@ class ThresholdStore:
         author: str,
         reason: str,
         expected_revision: int,
+        review_thresholds: Mapping[str, float | None] | None = None,
     ) -> ThresholdRevision:
-        """A new revision: `thresholds` (some or all defect classes) merged onto `expected_revision`.
+        """A new revision: `thresholds` (some or all defect classes) merged onto `expected_revision`, and
+        `review_thresholds` merged onto its review band (a class given None loses its band).
 
-        Raises InvalidParameters for unknown classes or values outside 0..1, Conflict when
-        `expected_revision` is not the active revision (nothing is written then).
+        Raises InvalidParameters for unknown classes, values outside 0..1 or a review threshold above
+        its class's reject threshold, Conflict when `expected_revision` is not the active revision
+        (nothing is written then).
         """
         _check_audit(author=author, reason=reason)
         _check_values(manifest, thresholds, nms_iou)
-        if not thresholds and nms_iou is None:
-            raise InvalidParameters("nothing to change: give thresholds and/or nms_iou")
+        review_thresholds = dict(review_thresholds or {})
+        if not thresholds and nms_iou is None and not review_thresholds:
+            raise InvalidParameters("nothing to change: give thresholds, review_thresholds and/or nms_iou")
         base = self._base(manifest, expected_revision)
+        merged = {**base.thresholds, **{name: float(value) for name, value in thresholds.items()}}
+        review = {**base.review_thresholds}
+        for name, value in review_thresholds.items():
+            if name not in manifest.defect_classes:
+                raise InvalidParameters(
+                    f"{manifest.name}: review_thresholds names {name!r}, not a defect class: {manifest.defect_classes}"
+                )
+            if value is None:
+                review.pop(name, None)
+            else:
+                review[name] = float(value)
+        try:
+            check_review(review, merged)
+        except ValueError as exc:
+            raise InvalidParameters(f"{manifest.name}: {exc}") from None
         return self._append(
             manifest,
             base,
             RevisionKind.UPDATE,
-            thresholds={**base.thresholds, **{name: float(value) for name, value in thresholds.items()}},
+            thresholds=merged,
             nms_iou=base.nms_iou if nms_iou is None else float(nms_iou),
             author=author,
             reason=reason,
+            review_thresholds=review,
         )
 
     def rollback(
@@ -318,6 +346,7 @@ class ThresholdStore:
             author=author,
             reason=reason,
             restores=to_revision,
+            review_thresholds=target.review_thresholds,
         )
 
     def carry_over(self, manifest: ModelManifest, *, author: str, reason: str) -> ThresholdRevision:
@@ -336,6 +365,7 @@ class ThresholdStore:
                 nms_iou=current.nms_iou,
                 author=author,
                 reason=reason,
+                review_thresholds=current.review_thresholds,
             )
         except Conflict:  # a change came in between: it was written for this version
             return self.current(manifest)
@@ -388,6 +418,7 @@ class ThresholdStore:
         author: str,
         reason: str,
         restores: int | None = None,
+        review_thresholds: Mapping[str, float] | None = None,
     ) -> ThresholdRevision:
         new = ThresholdRevision(
             model=manifest.name,
@@ -401,6 +432,7 @@ class ThresholdStore:
             created_at=datetime.now(UTC),
             replaces=None if base is None else base.revision,
             restores=restores,
+            review_thresholds={name: float(value) for name, value in (review_thresholds or {}).items()},
         )
         row = {**asdict(new), "kind": new.kind.value}
         try:
@@ -474,22 +506,25 @@ def _revision(row: Mapping[str, Any]) -> ThresholdRevision:
         created_at=utc(row["created_at"]),
         replaces=row["replaces"],
         restores=row["restores"],
+        review_thresholds={name: float(value) for name, value in (row.get("review_thresholds") or {}).items()},
     )
 
 
 def _fits(revision: ThresholdRevision, manifest: ModelManifest) -> bool:
     """Whether a stored set can drive this model: the same defect classes, and an NMS IoU iff a detector."""
-    return set(revision.thresholds) == set(manifest.defect_classes) and (revision.nms_iou is not None) == (
-        HEADS[manifest.task].carries_nms
+    return (
+        set(revision.thresholds) == set(manifest.defect_classes)
+        and set(revision.review_thresholds) <= set(manifest.defect_classes)
+        and (revision.nms_iou is not None) == HEADS[manifest.task].carries_nms
     )
 
 
 def _check_audit(**texts: str) -> None:
     """The audit trail's text as every store can keep it: PostgreSQL cannot store a NUL character, so
     no store takes one (SQLite would), and the same change gets the same answer on both."""
-    for field, text in texts.items():
+    for name, text in texts.items():
         if "\x00" in text:
-            raise InvalidParameters(f"{field} must not contain a NUL character (\\u0000)")
+            raise InvalidParameters(f"{name} must not contain a NUL character (\\u0000)")
 
 
 def _check_values(manifest: ModelManifest, thresholds: Mapping[str, float], nms_iou: float | None) -> None:

@@ -70,7 +70,10 @@ def test_one_value_sets_every_defect_class_and_equals_sign_reads_like_colon():
         ({"nms_iou": "0.5"}, "^nms_iou applies to detection models only$"),
         ({"max_detections": "5"}, "^max_detections applies to detection models only$"),
         ({"mask_format": "png"}, "^mask_format applies to segmentation models only$"),
-        ({"threshold": "crack:0.3"}, "unknown parameters \\['threshold'\\]; accepted: thresholds, classes$"),
+        (
+            {"threshold": "crack:0.3"},
+            "unknown parameters \\['threshold'\\]; accepted: thresholds, review_thresholds, classes$",
+        ),
     ],
 )
 def test_bad_options_for_a_classifier_are_refused(given, message):
@@ -80,7 +83,8 @@ def test_bad_options_for_a_classifier_are_refused(given, message):
 def test_unknown_names_are_listed_with_the_accepted_ones_in_the_words_of_their_source():
     refused = refusal(detector_manifest(), {"zoom": "2", "bogus": "1"}, what="query parameters")
     assert refused.message == (
-        "unknown query parameters ['bogus', 'zoom']; accepted: thresholds, classes, nms_iou, max_detections"
+        "unknown query parameters ['bogus', 'zoom']; "
+        "accepted: thresholds, review_thresholds, classes, nms_iou, max_detections"
     )
 
 

@@ -10,7 +10,7 @@ from service.manifest import ModelManifest, OutputDecoder
 from service.pipeline.geometry import Geometry
 from service.tasks.base import answer_header
 from service.tasks.classification.answer import ClassificationAnswer
-from service.tasks.decision import request_thresholds
+from service.tasks.decision import in_review, request_thresholds, review_band
 from service.thresholds.rules import ThresholdSet
 
 
@@ -45,10 +45,13 @@ def postprocess_classification(
 ) -> ClassificationAnswer:
     """One image's logits `(C,)` -> its answer. `thresholds` covers every defect class."""
     scores = class_scores(logits, manifest.output.decoder)
-    best, defects = classify(scores, manifest.classes, request_thresholds(manifest, thresholds.values, class_filter))
+    active = request_thresholds(manifest, thresholds.values, class_filter)
+    best, defects = classify(scores, manifest.classes, active)
     by_class = dict(zip(manifest.classes, scores.tolist(), strict=True))
+    band = review_band(active, thresholds.review)
+    review = in_review(band, by_class, defects) if band else None
     return ClassificationAnswer.model_construct(
-        **answer_header(manifest, geometry, thresholds, defects),
+        **answer_header(manifest, geometry, thresholds, defects, review),
         label=manifest.classes[best],
         confidence=by_class[manifest.classes[best]],
         scores=by_class,

@@ -25,4 +25,4 @@ class DetectionOptions(PredictionOptions):
         chosen = super().thresholds_for(active)
         if self.nms_iou is None:
             return chosen
-        return ThresholdSet(revision=chosen.revision, values=chosen.values, nms_iou=self.nms_iou)
+        return ThresholdSet(revision=chosen.revision, values=chosen.values, nms_iou=self.nms_iou, review=chosen.review)

@@ -11,7 +11,7 @@ from service.manifest import ModelManifest, OutputDecoder
 from service.pipeline.boxes import nms_per_class
 from service.pipeline.geometry import Geometry
 from service.tasks.base import answer_header
-from service.tasks.decision import request_thresholds, threshold_vector
+from service.tasks.decision import in_review, request_thresholds, review_band, threshold_vector
 from service.tasks.detection.answer import Box, Detection, DetectionAnswer
 from service.thresholds.rules import ThresholdSet
 
@@ -71,6 +71,15 @@ class Detections:
             raise ValueError(f"class ids outside 0..{len(thresholds) - 1}: the graph and its class list disagree")
         return self._select(self.confidence >= thresholds[self.class_id])
 
+    def best_per_class(self, classes: Sequence[str]) -> dict[str, float]:
+        """Each class's highest confidence among these detections (classes without one left out)."""
+        best: dict[str, float] = {}
+        for class_id, confidence in zip(self.class_id.tolist(), self.confidence.tolist(), strict=True):
+            name = classes[class_id]
+            if confidence > best.get(name, float("-inf")):
+                best[name] = confidence
+        return best
+
     def nms_per_class(self, iou: float, max_detections: int) -> Detections:
         """Greedy NMS within each class, best first; a box goes when its IoU with a kept one exceeds `iou`."""
         return self._select(nms_per_class(self.xyxy, self.confidence, self.class_id, iou, max_detections))
@@ -109,6 +118,9 @@ def postprocess_detection(
         boxes, scores, labels = outputs
         detections = Detections.from_boxes_scores_labels(boxes, scores, labels)
     active = request_thresholds(manifest, thresholds.values, class_filter)
+    band = review_band(active, thresholds.review)
+    # A class's score for its review band: its best detection's confidence (NMS never drops the best).
+    best = detections.best_per_class(manifest.classes) if band else {}
     detections = (
         detections.filter_by_class_thresholds(threshold_vector(manifest.classes, active))
         .nms_per_class(
@@ -130,4 +142,7 @@ def postprocess_detection(
     ]
     present = {d.class_name for d in found}
     defects = [c for c in manifest.classes if c in present]
-    return DetectionAnswer.model_construct(**answer_header(manifest, geometry, thresholds, defects), detections=found)
+    review = in_review(band, best, defects) if band else None
+    return DetectionAnswer.model_construct(
+        **answer_header(manifest, geometry, thresholds, defects, review), detections=found
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pycocotools.mask as coco_mask
@@ -22,7 +22,7 @@ from scipy import ndimage
 from service.manifest import ModelManifest
 from service.pipeline.geometry import Geometry
 from service.tasks.base import answer_header
-from service.tasks.decision import request_thresholds, threshold_vector
+from service.tasks.decision import in_review, request_thresholds, review_band, threshold_vector
 from service.tasks.segmentation.answer import Component, PixelBox, PngMask, RleMask, Segment, SegmentationAnswer
 from service.tasks.segmentation.options import MaskFormat
 from service.thresholds.rules import ThresholdSet
@@ -50,6 +50,17 @@ def thresholded_class_map(logits: np.ndarray, thresholds: np.ndarray) -> tuple[n
     class_map = winner.astype(np.uint8)
     class_map[probability < thresholds[winner]] = NO_CLASS
     return class_map, probability
+
+
+def best_pixel_per_class(logits: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """[C, h, w] logits -> each class's highest probability over the pixels where it is the most probable
+    class (its score for a review band; the sweep scores a segmenter's class the same way)."""
+    winner = logits.argmax(axis=0)
+    shifted = np.asarray(logits, dtype=np.float32) - logits.max(axis=0)
+    probability = 1.0 / np.exp(shifted).sum(axis=0)
+    best = np.full(len(classes), -np.inf)
+    np.maximum.at(best, winner.ravel(), probability.ravel())
+    return {name: float(best[k]) for k, name in enumerate(classes) if np.isfinite(best[k])}
 
 
 def connected_components(mask: np.ndarray) -> list[Component]:
@@ -137,8 +148,10 @@ def postprocess_segmentation(
                 )
             )
     defects = [s.class_name for s in segments]
+    band = review_band(active, thresholds.review)
+    review = in_review(band, best_pixel_per_class(logits[:, y0:y1, x0:x1], manifest.classes), defects) if band else None
     answer = SegmentationAnswer.model_construct(
-        **answer_header(manifest, geometry, thresholds, defects), segments=segments
+        **answer_header(manifest, geometry, thresholds, defects, review), segments=segments
     )
     answer._class_map = original_map
     return answer

@@ -518,3 +518,82 @@ def test_a_sweep_body_that_is_not_a_zip_is_refused(server):
         thresholds_url(server, tail="/sweep"), content=b"{}", headers={"Content-Type": "application/json"}
     )
     assert error_code(response, 415) == "unsupported_media_type"
+
+
+def test_review_thresholds_are_revisions_answers_say_review_and_rollback_brings_the_band_back(server, crack_jpeg):
+    plain = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/predict", content=crack_jpeg, headers={"Content-Type": "image/jpeg"}
+    ).json()
+    assert "review" not in plain  # no band yet: the answer cameras have always had
+    score = plain["scores"]["crack"]
+    base = read(server)
+    audit = {"author": "qa", "reason": "doubtful cracks to a person"}
+    # A band whose top lies above this frame's crack score, and whose bottom below it: review.
+    reject, low = min(1.0, round(score + 0.001, 6)), round(score * 0.5, 6)
+    refused = change(
+        server,
+        {"review_thresholds": {"crack": min(1.0, reject + 0.01)}, **audit, "expected_revision": base["revision"]},
+    )
+    assert error_code(refused, 422) == "invalid_parameters" and "above its reject threshold" in refused.text
+    assert error_code(
+        change(server, {"review_thresholds": {"spatter": 0.1}, **audit, "expected_revision": base["revision"]}), 422
+    )
+    written = change(
+        server,
+        {
+            "thresholds": {"crack": reject},
+            "review_thresholds": {"crack": low},
+            **audit,
+            "expected_revision": base["revision"],
+        },
+    )
+    assert written.status_code == 200, written.text
+    banded = written.json()
+    assert banded["review_thresholds"] == {"crack": low} and banded["thresholds"]["crack"] == reject
+    answer = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/predict", content=crack_jpeg, headers={"Content-Type": "image/jpeg"}
+    ).json()
+    assert (answer["decision"], answer["defects"], answer["review"]) == ("review", [], ["crack"])
+    assert answer["thresholds_revision"] == banded["revision"]
+    assert (metric(server, "inspection_reviews_total", model=CLASSIFIER, class_name="crack") or 0) >= 1
+    # A request's own band: above the score, nothing to review.
+    above = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/predict",
+        params={"review_thresholds": f"crack:{reject}"},
+        content=crack_jpeg,
+        headers={"Content-Type": "image/jpeg"},
+    ).json()
+    assert (above["decision"], above["review"]) == ("accept", [])
+    # A stale change is refused as any other; removing the band is a change like the others.
+    assert (
+        error_code(
+            change(server, {"review_thresholds": {"crack": None}, **audit, "expected_revision": base["revision"]}), 409
+        )
+        == "conflict"
+    )
+    removed = change(
+        server, {"review_thresholds": {"crack": None}, **audit, "expected_revision": banded["revision"]}
+    ).json()
+    assert removed["review_thresholds"] == {}
+    # Rolled back to the banded revision: the band is back, and in the history.
+    rolled = httpx.post(
+        thresholds_url(server, tail="/rollback"),
+        json={"to_revision": banded["revision"], **audit, "expected_revision": removed["revision"]},
+        headers=AUTH,
+    ).json()
+    assert rolled["review_thresholds"] == {"crack": low}
+    history = httpx.get(thresholds_url(server, tail="/history"), params={"limit": 3}).json()["revisions"]
+    assert [r["review_thresholds"] for r in history] == [{"crack": low}, {}, {"crack": low}]
+    # Back to the values before, without a band: answers as before.
+    restored = httpx.post(
+        thresholds_url(server, tail="/rollback"),
+        json={"to_revision": base["revision"], **audit, "expected_revision": rolled["revision"]},
+        headers=AUTH,
+    ).json()
+    assert restored["review_thresholds"] == base["review_thresholds"] == {}
+    again = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/predict", content=crack_jpeg, headers={"Content-Type": "image/jpeg"}
+    ).json()
+    assert {k: v for k, v in again.items() if k != "thresholds_revision"} == {
+        k: v for k, v in plain.items() if k != "thresholds_revision"
+    }
