@@ -267,6 +267,17 @@ def thresholds_router(
             alias="samples",
             description="Also list each image's labels and the model's answer (`samples`), as the QA console does.",
         ),
+        max_miss_rate: str | None = Query(
+            None,
+            description="Review band: the share of a class's labelled defects that may escape (neither rejected nor "
+            "reviewed), per class (`crack:0.01`) or one value for all.",
+            examples=["crack:0.01"],
+        ),
+        max_review_rate: str | None = Query(
+            None,
+            description="Review band: the share of parts the line can staff to review, per class or one value for all.",
+            examples=["0.05"],
+        ),
         sample_set: str | None = Query(
             None,
             alias="set",
@@ -279,6 +290,14 @@ def thresholds_router(
         # A target recall per class: `crack:0.99,porosity:0.9`.
         try:
             wanted = parse_class_values(targets, manifest.defect_classes, "targets") if targets else {}
+            misses = (
+                parse_class_values(max_miss_rate, manifest.defect_classes, "max_miss_rate") if max_miss_rate else {}
+            )
+            reviews = (
+                parse_class_values(max_review_rate, manifest.defect_classes, "max_review_rate")
+                if max_review_rate
+                else {}
+            )
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from None
         if sample_set is not None:
@@ -321,7 +340,7 @@ def thresholds_router(
                 lambda line: log.info("sweep of %s: %s", manifest.name, line),
             )
         try:
-            report = tally.report(active.values, active.revision, active.nms_iou, wanted, step)
+            report = tally.report(active.values, active.revision, active.nms_iou, wanted, step, misses, reviews)
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from exc
         answered = report.to_report()

@@ -34,15 +34,34 @@ class SweepCurve(BaseModel):
     fn: list[int]
 
 
+class ReviewBand(BaseModel):
+    review_threshold: float = Field(description="The proposed review threshold: the band's bottom.")
+    reject_threshold: float = Field(description="The proposed (reject) threshold: the band's top, not included.")
+    reviewed: int = Field(description="Candidates the band sends to review (images; detections for a detector).")
+    review_rate: float = Field(description="reviewed / images: the share of parts the line would review.")
+    missed: int = Field(description="Labelled positives below the review threshold: neither rejected nor reviewed.")
+    miss_rate: float | None = Field(description="missed / positives: what still escapes; null without positives.")
+    max_miss_rate: float | None = Field(description="The miss target asked for.")
+    max_review_rate: float | None = Field(description="The review target asked for.")
+    miss_target_met: bool | None
+    review_target_met: bool | None
+
+
 class ClassSweep(BaseModel):
     positives: int = Field(description="Labelled positives of the class in the samples.")
     proposed: ProposedPoint
     current: SweepPoint = Field(description="The same counts at the active threshold.")
     curve: SweepCurve
+    band: ReviewBand | None = Field(
+        default=None, description="With a miss or review target (`max_miss_rate`, `max_review_rate`): the review band."
+    )
 
 
 class Proposal(BaseModel):
     thresholds: dict[str, float]
+    review_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="The review bands proposed, for the classes given a miss or review target."
+    )
     expected_revision: int = Field(description="The active revision when the sweep ran.")
 
 

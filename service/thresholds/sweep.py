@@ -37,6 +37,7 @@ from service.thresholds.report import (
     LabelledBox,
     Proposal,
     ProposedPoint,
+    ReviewBand,
     SampleTruth,
     SweepCurve,
     SweepPoint,
@@ -193,6 +194,76 @@ def choose_threshold(curve: Curve, target_recall: float | None = None) -> Choice
     return Choice(float(curve.thresholds[best[len(best) // 2]]), "max_f1")
 
 
+@dataclass(frozen=True)
+class Band:
+    """A class's review band, from its review threshold up to (not including) its reject threshold, and
+    what it does on the samples: candidates it sends to review, positives it still lets through."""
+
+    review_threshold: float
+    reject_threshold: float
+    reviewed: int  # candidates scored in the band (images; detections for a detector)
+    missed: int  # labelled positives below the review threshold: neither rejected nor reviewed
+    images: int
+    positives: int
+    max_miss_rate: float | None
+    max_review_rate: float | None
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.missed / self.positives if self.positives else None
+
+    @property
+    def review_rate(self) -> float:
+        return self.reviewed / self.images if self.images else 0.0
+
+    @property
+    def miss_target_met(self) -> bool | None:
+        if self.max_miss_rate is None:
+            return None
+        return (self.miss_rate or 0.0) <= self.max_miss_rate + 1e-12
+
+    @property
+    def review_target_met(self) -> bool | None:
+        return None if self.max_review_rate is None else self.review_rate <= self.max_review_rate + 1e-12
+
+
+def choose_band(
+    evidence: ClassEvidence,
+    reject: float,
+    images: int,
+    grid: np.ndarray,
+    max_miss_rate: float | None,
+    max_review_rate: float | None,
+) -> Band:
+    """The review threshold for a class whose reject threshold is `reject`, from two targets: the share
+    of its labelled positives that may escape (neither rejected nor reviewed) and the share of parts
+    the line can staff to review. With a miss target: the highest review threshold that meets it (the
+    fewest reviews that still catch enough); without, the lowest that the review target allows (the
+    fewest escapes the staff can afford). Where the miss target cannot be met, the lowest threshold."""
+    lows = np.append(grid[grid <= reject], reject)
+    at = counts(evidence, lows)
+    flagged_at_reject = int(at.tp[-1] + at.fp[-1])
+    reviewed = (at.tp + at.fp) - flagged_at_reject
+    missed = at.fn
+    if max_miss_rate is not None:
+        meets = np.flatnonzero(missed <= max_miss_rate * evidence.positives + 1e-9)
+        index = int(meets[-1]) if meets.size else 0
+    else:
+        assert max_review_rate is not None
+        meets = np.flatnonzero(reviewed <= max_review_rate * images + 1e-9)
+        index = int(meets[0]) if meets.size else len(lows) - 1
+    return Band(
+        review_threshold=float(lows[index]),
+        reject_threshold=float(reject),
+        reviewed=int(reviewed[index]),
+        missed=int(missed[index]),
+        images=images,
+        positives=evidence.positives,
+        max_miss_rate=max_miss_rate,
+        max_review_rate=max_review_rate,
+    )
+
+
 def classification_labels(
     scores: np.ndarray, classes: Sequence[str], background_class: str | None, thresholds: Mapping[str, float]
 ) -> list[str]:
@@ -257,11 +328,15 @@ class SweepTally:
         nms_iou: float | None,
         targets: Mapping[str, float] | None = None,
         step: float = 0.01,
+        max_miss_rates: Mapping[str, float] | None = None,
+        max_review_rates: Mapping[str, float] | None = None,
     ) -> TuningReport:
         """Sweep every defect class, propose a set (classes without positives keep `current`), and
-        count outcomes at both the current and the proposed set."""
+        count outcomes at both the current and the proposed set. A class with a miss or a review target
+        also gets a review band below its proposed threshold (`choose_band`)."""
         targets = dict(targets or {})
-        unknown = sorted(set(targets) - set(self.classes))
+        max_miss_rates, max_review_rates = dict(max_miss_rates or {}), dict(max_review_rates or {})
+        unknown = sorted((set(targets) | set(max_miss_rates) | set(max_review_rates)) - set(self.classes))
         if unknown:
             raise ValueError(
                 f"targets name unknown defect classes {unknown}; {self.manifest.name}'s are {self.classes}"
@@ -273,12 +348,23 @@ class SweepTally:
         for name, evidence in self.evidence().items():
             curve = counts(evidence, grid)
             choice = choose_threshold(curve, targets.get(name)) or Choice(float(current[name]), "unchanged")
+            band = None
+            if name in max_miss_rates or name in max_review_rates:
+                band = choose_band(
+                    evidence,
+                    choice.threshold,
+                    len(self._truths),
+                    grid,
+                    max_miss_rates.get(name),
+                    max_review_rates.get(name),
+                )
             classes[name] = ClassTuning(
                 positives=evidence.positives,
                 curve=curve,
                 choice=choice,
                 at_proposal=counts(evidence, np.array([choice.threshold])),
                 at_current=counts(evidence, np.array([float(current[name])])),
+                band=band,
             )
         proposed = {name: tuning.choice.threshold for name, tuning in classes.items()}
         confusion = self._scorer.confusion(self._truths, proposed)
@@ -301,6 +387,7 @@ class ClassTuning:
     choice: Choice
     at_proposal: Curve  # one threshold: the proposed one
     at_current: Curve  # one threshold: the active one
+    band: Band | None = None  # with a miss or review target: the review band below the proposal
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,7 +422,13 @@ class TuningReport:
             thresholds_revision=self.revision,
             nms_iou=self.nms_iou,
             classes={name: _class_sweep(tuning, self.current[name]) for name, tuning in self.classes.items()},
-            proposal=Proposal(thresholds=self.proposal, expected_revision=self.revision),
+            proposal=Proposal(
+                thresholds=self.proposal,
+                review_thresholds={
+                    name: tuning.band.review_threshold for name, tuning in self.classes.items() if tuning.band
+                },
+                expected_revision=self.revision,
+            ),
             confusion=confusion,
         )
 
@@ -380,6 +473,22 @@ def _class_sweep(tuning: ClassTuning, current: float) -> ClassSweep:
             fp=curve.fp.tolist(),
             fn=curve.fn.tolist(),
         ),
+        band=None if tuning.band is None else _band(tuning.band),
+    )
+
+
+def _band(band: Band) -> ReviewBand:
+    return ReviewBand(
+        review_threshold=band.review_threshold,
+        reject_threshold=band.reject_threshold,
+        reviewed=band.reviewed,
+        review_rate=band.review_rate,
+        missed=band.missed,
+        miss_rate=band.miss_rate,
+        max_miss_rate=band.max_miss_rate,
+        max_review_rate=band.max_review_rate,
+        miss_target_met=band.miss_target_met,
+        review_target_met=band.review_target_met,
     )
 
 

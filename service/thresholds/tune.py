@@ -61,7 +61,15 @@ def run(args: argparse.Namespace) -> TuningReport:
         samples = read_samples(FolderFiles(args.samples), manifest, head_for(manifest).read_labels)
         tally = sweep(client, manifest, samples, args.samples, args.concurrency)
         try:
-            report = tally.report(active["values"], active["revision"], active["nms_iou"], dict(args.target), args.step)
+            report = tally.report(
+                active["values"],
+                active["revision"],
+                active["nms_iou"],
+                dict(args.target),
+                args.step,
+                _per_class(args.max_miss_rate, manifest, "--max-miss-rate"),
+                _per_class(args.max_review_rate, manifest, "--max-review-rate"),
+            )
         except ValueError as exc:
             raise TuneError(str(exc)) from exc
         print(render(report))
@@ -135,9 +143,38 @@ def render(report: TuningReport) -> str:
         lines.append(" " * width + "".join(f"{label:>{width}}" for label in labels))
         for label, row in zip(labels, matrix, strict=True):
             lines.append(f"{label:<{width}}" + "".join(f"{count:>{width}d}" for count in row))
+    bands = {name: tuning.band for name, tuning in report.classes.items() if tuning.band is not None}
+    if bands:
+        lines += ["", "review bands (from the review threshold up to the proposed threshold)"]
+        lines.append(
+            f"{'class':<12}{'review':>8}{'reject':>8}{'reviewed':>10}{'review rate':>13}{'missed':>8}{'miss rate':>11}"
+        )
+        for name, band in bands.items():
+            miss = "-" if band.miss_rate is None else f"{band.miss_rate:.3f}"
+            targets = []
+            if band.max_miss_rate is not None:
+                targets.append(f"miss <= {band.max_miss_rate:g} {'met' if band.miss_target_met else 'NOT met'}")
+            if band.max_review_rate is not None:
+                targets.append(f"review <= {band.max_review_rate:g} {'met' if band.review_target_met else 'NOT met'}")
+            lines.append(
+                f"{name:<12}{band.review_threshold:>8g}{band.reject_threshold:>8g}{band.reviewed:>10}"
+                f"{band.review_rate:>13.3f}{band.missed:>8}{miss:>11}  {'; '.join(targets)}"
+            )
     proposal = ", ".join(f"{name}={value:g}" for name, value in report.proposal.items())
     lines += ["", f"proposal (based on revision {report.revision}): {proposal}"]
+    if bands:
+        lines.append("review thresholds: " + ", ".join(f"{n}={b.review_threshold:g}" for n, b in bands.items()))
     return "\n".join(lines)
+
+
+def _per_class(text: str | None, manifest: ModelManifest, flag: str) -> dict[str, float]:
+    """`crack=0.01,porosity=0.02` or one value for every defect class."""
+    if not text:
+        return {}
+    try:
+        return parse_class_values(text, manifest.defect_classes, flag)
+    except ValueError as exc:
+        raise TuneError(str(exc)) from None
 
 
 def _row(name: str, positives: int | None, which: str, threshold: float, at: Any, basis: str) -> str:
@@ -230,6 +267,16 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CLASS=RECALL",
         help="target recall of a class, e.g. crack=0.99 (repeatable); other classes get the best F1",
+    )
+    parser.add_argument(
+        "--max-miss-rate",
+        metavar="CLASS=RATE",
+        help="review band: the share of a class's labelled defects that may escape, e.g. crack=0.01 (or one value)",
+    )
+    parser.add_argument(
+        "--max-review-rate",
+        metavar="CLASS=RATE",
+        help="review band: the share of parts the line can review, e.g. 0.05 (or per class)",
     )
     parser.add_argument("--step", type=float, default=0.01, help="threshold grid step (default %(default)s)")
     parser.add_argument("--plot", type=Path, help="write per-class precision/recall curves to this PNG")

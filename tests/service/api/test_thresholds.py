@@ -597,3 +597,34 @@ def test_review_thresholds_are_revisions_answers_say_review_and_rollback_brings_
     assert {k: v for k, v in again.items() if k != "thresholds_revision"} == {
         k: v for k, v in plain.items() if k != "thresholds_revision"
     }
+
+
+def test_a_sweep_proposes_a_review_band_whose_rates_equal_an_independent_count(server, tmp_path, capsys):
+    samples = write_sample_set(tmp_path / "samples", "classification", count=60, seed=30_700, width=320, height=240)
+    # A reject threshold that lets half the cracks through, and a band that must catch every one of them.
+    params = {"targets": "crack:0.5", "max_miss_rate": "crack:0", "max_review_rate": "0.5", "samples": "true"}
+    report = sweep(server, CLASSIFIER, zipped(samples), **params)
+    band = report["classes"]["crack"]["band"]
+    low, high = band["review_threshold"], band["reject_threshold"]
+    assert high == report["classes"]["crack"]["proposed"]["threshold"] and low < high
+    # Counted again from each image's answer (every score) and its label.
+    scored = [(s["answer"]["scores"]["crack"], "crack" in s["truth"]["present"]) for s in report["samples"]]
+    reviewed = sum(1 for score, _ in scored if low <= score < high)
+    missed = sum(1 for score, crack in scored if crack and score < low)
+    positives = sum(1 for _, crack in scored if crack)
+    assert (band["reviewed"], band["missed"]) == (reviewed, missed) and reviewed > 0
+    assert band["review_rate"] == pytest.approx(reviewed / len(scored))
+    assert band["miss_rate"] == pytest.approx(missed / positives)
+    # It meets both targets, and is the highest review threshold that misses nothing.
+    assert band["miss_target_met"] and band["review_target_met"] and missed == 0 and reviewed / len(scored) <= 0.5
+    assert any(crack and score < low + 0.01 for score, crack in scored)
+    # The review target, one value for every class, gives each class a band: a ready PUT body.
+    proposed = report["proposal"]["review_thresholds"]
+    assert proposed["crack"] == low and set(proposed) == {"porosity", "crack", "undercut"}
+    # The command-line tuner proposes the same band from the same targets.
+    out = tmp_path / "report.json"
+    argv = ["--url", server.url, "--model", CLASSIFIER, "--samples", str(samples), "--target", "crack=0.5"]
+    argv += ["--max-miss-rate", "crack=0", "--max-review-rate", "0.5", "--json", str(out)]
+    assert tune.main(argv) == 0
+    assert "review bands" in capsys.readouterr().out
+    assert json.loads(out.read_text())["classes"]["crack"]["band"] == band

@@ -142,7 +142,11 @@ def test_report_shows_counts_at_current_and_proposed_sets_and_the_confusion():
     assert labels == list(CLASSES)
     assert matrix.tolist() == [[1, 0, 1], [0, 0, 1], [0, 0, 3]]
     body = report.to_report().model_dump(mode="json")
-    assert body["proposal"] == {"thresholds": {"porosity": 0.33, "crack": 0.2}, "expected_revision": 4}
+    assert body["proposal"] == {
+        "thresholds": {"porosity": 0.33, "crack": 0.2},
+        "review_thresholds": {},  # no band asked for
+        "expected_revision": 4,
+    }
     assert body["classes"]["crack"]["proposed"] == {
         "threshold": 0.2,
         "basis": "target_recall",
