@@ -146,17 +146,19 @@ class PredictionOptions(BaseModel):
         return self._class_filter
 
     def thresholds_for(self, active: ThresholdSet) -> ThresholdSet:
-        """The set this request uses: the active one with its overrides on top. 422 when a review threshold
-        would then lie above its class's reject threshold."""
+        """The set this request uses: the active one with its overrides on top. A reject threshold the
+        request lowers below the class's active review threshold leaves that class no band; a review
+        threshold the request sets above its class's reject threshold answers 422."""
         if not self._overrides and not self._review_overrides:
             return active
         values = {**active.values, **self._overrides}
-        review = {**active.review, **self._review_overrides}
-        if self._review_overrides or any(c in review for c in self._overrides):
+        review = {name: min(low, values[name]) for name, low in active.review.items()}
+        if self._review_overrides:
             try:
-                check_review(review, values)
+                check_review(self._review_overrides, values)
             except ValueError as exc:
                 raise InvalidParameters(str(exc)) from None
+            review.update(self._review_overrides)
         return ThresholdSet(revision=active.revision, values=values, nms_iou=active.nms_iou, review=review)
 
 

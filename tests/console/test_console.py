@@ -56,12 +56,16 @@ def change(server: RunningServer, values: dict[str, float], expected: int) -> di
     return response.json()
 
 
-def swept(console: Page, archive: Path, targets: dict[str, str] | None = None) -> None:
-    """Open the classifier's thresholds page and sweep `archive` there."""
+def swept(
+    console: Page, archive: Path, targets: dict[str, str] | None = None, miss: str = "", review: str = ""
+) -> None:
+    """Open the classifier's thresholds page and sweep `archive` there (with review band targets, if given)."""
     console.open(f"/models/{CLASSIFIER}/thresholds")
     console.testid("active-revision").wait_for()
     for name, value in (targets or {}).items():
         console.testid(f"target-{name}").fill(value)
+    console.testid("sweep-miss-rate").fill(miss)
+    console.testid("sweep-review-rate").fill(review)
     console.testid("sweep-file").set_input_files(str(archive))
     console.testid("sweep-run").click()
     console.page.wait_for_selector("[data-testid=sweep-status][data-images]", timeout=120_000)
@@ -252,6 +256,60 @@ def test_the_history_shows_the_difference_between_two_revisions_and_rolls_back(c
     assert (now["revision"], now["kind"], now["restores"]) == (second["revision"] + 1, "rollback", base["revision"])
     assert now["thresholds"] == base["thresholds"]
     console.testid(f"history-row-{now['revision']}").wait_for()
+
+
+def test_a_review_band_is_chosen_from_the_sweep_and_saved_with_the_thresholds(console: Page, server, samples_zip):
+    params = {"step": 0.01, "targets": "crack:0.5", "max_miss_rate": "0", "max_review_rate": "0.5"}
+    report = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/thresholds/sweep",
+        params=params,
+        content=samples_zip.read_bytes(),
+        headers={"content-type": "application/zip"},
+        timeout=120,
+    ).json()
+    band = report["classes"]["crack"]["band"]
+    swept(console, samples_zip, {"crack": "0.5"}, miss="0", review="0.5")
+    # The sweep's band, with what it does on the samples.
+    assert float(console.testid("review-crack").input_value()) == pytest.approx(band["review_threshold"])
+    shown = console.testid("band-crack")
+    assert (int(shown.get_attribute("data-reviewed")), int(shown.get_attribute("data-missed"))) == (
+        band["reviewed"],
+        band["missed"],
+    )
+    # Moved, the band's figures follow the curve; emptied, a class has no band.
+    console.testid("review-crack").fill("0.9")
+    curve = report["classes"]["crack"]["curve"]
+    low, high = (
+        curve["thresholds"].index(0.9),
+        curve["thresholds"].index(report["classes"]["crack"]["proposed"]["threshold"]),
+    )
+    assert int(shown.get_attribute("data-missed")) == curve["fn"][low]
+    assert int(shown.get_attribute("data-reviewed")) == max(
+        0, curve["tp"][low] + curve["fp"][low] - curve["tp"][high] - curve["fp"][high]
+    )
+    console.testid("review-crack").fill(str(band["review_threshold"]))
+    console.testid("review-porosity").fill("")
+    console.enter_token()
+    console.testid("save-author").fill("m.keller")
+    console.testid("save-reason").fill("doubtful cracks to a person")
+    console.testid("save").click()
+    console.page.wait_for_selector("[data-testid=save-message][data-revision]")
+    now = active(server)
+    assert now["review_thresholds"]["crack"] == band["review_threshold"] and "porosity" not in now["review_thresholds"]
+    assert console.text("active-review-crack") == f"{band['review_threshold']:.2f}"
+    assert console.text("active-review-porosity") == "-"
+    # The values before, again, for the tests after this one.
+    back = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/thresholds/rollback",
+        json={
+            "to_revision": now["replaces"],
+            "author": "tests",
+            "reason": "restore",
+            "expected_revision": now["revision"],
+        },
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert back.status_code == 200 and back.json()["review_thresholds"] == {}
 
 
 def queue(console: Page, key: str) -> set[str]:
@@ -485,6 +543,7 @@ EXERCISED = {
     "sweep-file", "target-NAME", "sweep-run", "slider-NAME", "use-f1-NAME", "use-proposal-NAME",
     "use-active-NAME", "save-author", "save-reason", "save", "diff-from-N", "diff-to-N", "rollback-N",
     "inspect-file", "inspect-run", "review-open", "live-open", "sweep-set",
+    "sweep-miss-rate", "sweep-review-rate", "review-NAME",
 }  # fmt: skip
 
 

@@ -540,8 +540,16 @@ async function thresholdsPage(name) {
     activeNote.textContent = `Revision ${activeRevision.revision} (${activeRevision.kind}) by ${activeRevision.author}: ${activeRevision.reason}`;
     activeNote.dataset.revision = String(activeRevision.revision);
     active.replaceChildren(
-      el("tr", {}, el("th", {}, "class"), el("th", {}, "threshold")),
-      ...defectClasses.map((c) => el("tr", {}, el("td", {}, c), el("td", { class: "num", testid: `active-${c}` }, fixed(activeRevision.thresholds[c], 2)))),
+      el("tr", {}, el("th", {}, "class"), el("th", {}, "threshold"), el("th", {}, "review from")),
+      ...defectClasses.map((c) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, c),
+          el("td", { class: "num", testid: `active-${c}` }, fixed(activeRevision.thresholds[c], 2)),
+          el("td", { class: "num", testid: `active-review-${c}` }, c in activeRevision.review_thresholds ? fixed(activeRevision.review_thresholds[c], 2) : "-"),
+        ),
+      ),
     );
   };
 
@@ -550,6 +558,8 @@ async function thresholdsPage(name) {
   const targets = Object.fromEntries(
     defectClasses.map((c) => [c, el("input", { type: "number", min: 0, max: 1, step: 0.01, placeholder: "-", testid: `target-${c}`, size: 4 })]),
   );
+  const missTarget = el("input", { type: "number", min: 0, max: 1, step: 0.001, placeholder: "-", testid: "sweep-miss-rate", size: 5 });
+  const reviewTarget = el("input", { type: "number", min: 0, max: 1, step: 0.01, placeholder: "-", testid: "sweep-review-rate", size: 5 });
   const setChoice = el("select", { testid: "sweep-set" }, el("option", { value: "" }, "the zip chosen here"));
   api("/v1/sample-sets").then((found) => {
     for (const set of found.sets) setChoice.append(el("option", { value: set.name }, `${set.name} (on the server, ${set.kind})`));
@@ -561,7 +571,14 @@ async function thresholdsPage(name) {
     el("h2", {}, "Sweep labelled samples"),
     el("p", { class: "muted" }, "A zip in the layout `python -m export.samples` writes. The model runs once per image; moving a threshold below reads the sweep, without running it again."),
     el("div", { class: "row" }, el("label", {}, "Samples: ", setChoice), file),
-    el("div", { class: "row" }, ...defectClasses.map((c) => el("label", {}, `target recall ${c} `, targets[c])), run),
+    el("div", { class: "row" }, ...defectClasses.map((c) => el("label", {}, `target recall ${c} `, targets[c]))),
+    el(
+      "div",
+      { class: "row" },
+      el("label", {}, "review band: defects that may escape ", missTarget),
+      el("label", {}, "parts the line can review ", reviewTarget),
+      run,
+    ),
     sweepStatus,
     sweepOut,
   );
@@ -751,6 +768,7 @@ async function thresholdsPage(name) {
 
   // The sweep's figures per class, and the values to save.
   let proposal = {};
+  let reviewProposal = {}; // class -> review threshold, or null for no band
   let archive = null; // the zip chosen here, read in the page
   let serverSet = null; // or the set on the server the sweep named
   let swept = null; // the sweep's report
@@ -854,6 +872,8 @@ async function thresholdsPage(name) {
     const wanted = defectClasses.filter((c) => targets[c].value !== "").map((c) => `${c}:${targets[c].value}`);
     const query = new URLSearchParams({ step: "0.01", samples: "true" });
     if (wanted.length) query.set("targets", wanted.join(","));
+    if (missTarget.value !== "") query.set("max_miss_rate", missTarget.value);
+    if (reviewTarget.value !== "") query.set("max_review_rate", reviewTarget.value);
     if (onServer) query.set("set", onServer);
     message(sweepStatus, "ok", `Sweeping ${onServer || file.files[0].name}...`);
     run.disabled = true;
@@ -878,6 +898,10 @@ async function thresholdsPage(name) {
   const showSweep = (report) => {
     swept = report;
     proposal = { ...report.proposal.thresholds };
+    // The review band per class: the sweep's, else the active one; empty: none.
+    reviewProposal = Object.fromEntries(
+      defectClasses.map((c) => [c, report.proposal.review_thresholds?.[c] ?? activeRevision.review_thresholds[c] ?? null]),
+    );
     const cards = el("div", { class: "cards" });
     for (const c of defectClasses) {
       const sweep = report.classes[c];
@@ -898,6 +922,28 @@ async function thresholdsPage(name) {
         drawn.moveProposed(t);
       };
       slider.addEventListener("input", update);
+      // The review band below the proposed threshold: what it sends to review and what still escapes.
+      const bandInput = el("input", { type: "number", min: 0, max: 1, step: 0.01, placeholder: "none", size: 5, testid: `review-${c}` });
+      if (reviewProposal[c] !== null) bandInput.value = reviewProposal[c];
+      const bandOut = el("span", { class: "muted", testid: `band-${c}` });
+      const showBand = () => {
+        if (bandInput.value === "") {
+          reviewProposal[c] = null;
+          bandOut.textContent = "no review band";
+          return;
+        }
+        const low = curve.thresholds[gridIndex(curve, Number(bandInput.value))];
+        const high = gridIndex(curve, proposal[c]);
+        const at = gridIndex(curve, low);
+        reviewProposal[c] = low;
+        const reviewed = Math.max(0, curve.tp[at] + curve.fp[at] - curve.tp[high] - curve.fp[high]);
+        const missed = curve.fn[at];
+        bandOut.textContent = `review from ${fixed(low, 2)}: ${reviewed} to review (${((100 * reviewed) / swept.images).toFixed(1)}% of parts), ${missed} of ${sweep.positives} defects escape`;
+        bandOut.dataset.reviewed = String(reviewed);
+        bandOut.dataset.missed = String(missed);
+      };
+      bandInput.addEventListener("input", showBand);
+      slider.addEventListener("input", showBand);
       const best = f1Optimum(curve);
       const useBest = el("button", { type: "button", testid: `use-f1-${c}`, onclick: () => { slider.value = curve.thresholds[best]; update(); } }, "F1 optimum");
       const useProposal = el("button", { type: "button", testid: `use-proposal-${c}`, onclick: () => { slider.value = sweep.proposed.threshold; update(); } }, "sweep's proposal");
@@ -917,6 +963,7 @@ async function thresholdsPage(name) {
           drawn.node,
           el("div", { class: "row" }, slider),
           el("div", { class: "row" }, "Set to:", useProposal, useBest, useActive),
+          el("div", { class: "row" }, el("label", {}, "review from ", bandInput), bandOut),
           el("p", { class: "muted", testid: `suggest-${c}` }, `Sweep's proposal ${fixed(sweep.proposed.threshold, 2)}: ${basis}. F1 optimum ${best === null ? "-" : fixed(curve.thresholds[best], 2)}.`),
           el(
             "table",
@@ -927,6 +974,7 @@ async function thresholdsPage(name) {
         ),
       );
       update();
+      showBand();
     }
     const parts = [cards];
     if (report.confusion) parts.push(el("h2", {}, "Confusion at the proposed thresholds"), confusion);
@@ -950,7 +998,7 @@ async function thresholdsPage(name) {
     try {
       const done = await api(`${path}/thresholds`, {
         method: "PUT",
-        json: { thresholds: proposal, ...audit(), expected_revision: activeRevision.revision },
+        json: { thresholds: proposal, review_thresholds: reviewProposal, ...audit(), expected_revision: activeRevision.revision },
         write: true,
       });
       message(saveMessage, "ok", `Saved as revision ${done.revision}.`);

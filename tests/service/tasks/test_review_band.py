@@ -109,9 +109,12 @@ def test_a_request_may_set_its_own_review_thresholds_within_its_reject_threshold
     assert options.thresholds_for(active).review == {"crack": 0.2, "porosity": 0.1}
     both = parse_options(manifest, {"thresholds": "crack:0.3", "review_thresholds": "crack:0.25"})
     assert (both.thresholds_for(active).values["crack"], both.thresholds_for(active).review["crack"]) == (0.3, 0.25)
+    # A reject threshold lowered below the active band's bottom: that class has no band on this request
+    # (a sweep's predictions set every threshold to 0 and must not be refused for it).
+    lowered = parse_options(manifest, {"thresholds": "crack:0.1"}).thresholds_for(active)
+    assert (lowered.values["crack"], lowered.review["crack"]) == (0.1, 0.1)
     for given, says in (
         ({"review_thresholds": "crack:0.7"}, "above its reject threshold"),
-        ({"thresholds": "crack:0.1"}, "above its reject threshold"),  # the active band no longer fits
         ({"review_thresholds": "spatter:0.1"}, "spatter"),
     ):
         with pytest.raises(InvalidParameters, match=says):
