@@ -35,6 +35,9 @@ class Warmth:
     warm: int
     workers: int
     counted: bool = True  # False: the workers share one socket, so only this one is known to be warm
+    # The server process still answers on the port (`service.warming`): every worker listens, but a new
+    # connection may still get its 503 for a moment. Not ready until it stops.
+    handing_over: bool = False
 
 
 class Health:
@@ -55,6 +58,8 @@ class Health:
             reason = "this worker is loading its models"
         elif warmth.warm < warmth.workers:
             reason = f"{warmth.warm} of {warmth.workers} workers have warmed their models"
+        elif warmth.handing_over:
+            reason = "every worker is warm; the server process is handing the port over to them"
         elif self.draining:
             reason = "draining: shutting down"
         else:

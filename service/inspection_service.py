@@ -89,7 +89,8 @@ def _warmth() -> Warmth | None:
     listening = listeners(_fd)
     if listening is None:
         return Warmth(1, 1, counted=False)
-    return Warmth(min(listening, settings.workers), settings.workers)
+    workers, server_answers = listening
+    return Warmth(min(workers, settings.workers), settings.workers, handing_over=server_answers)
 
 
 health = Health(_warmth)

@@ -115,15 +115,20 @@ def bind_in_this_worker(fd: int) -> bool:
 _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
-def listeners(fd: int) -> int | None:
-    """How many workers' sockets listen on the address of socket `fd` (one per warm worker); None where
-    this cannot be read (not Linux). A socket bound with SO_REUSEPORT but not yet listening is not
-    counted, nor the server process's own while it answers the warm-up (`service.warming`)."""
+def listeners(fd: int) -> tuple[int, bool] | None:
+    """How many workers' sockets listen on the address of socket `fd` (one per warm worker), and whether
+    the server process's own still listens there too (it answers the warm-up, `service.warming`, until
+    it sees every worker listening); None where this cannot be read (not Linux). A socket bound with
+    SO_REUSEPORT but not yet listening is not counted."""
     if not _LINUX:
         return None
     with socket.socket(fileno=os.dup(fd)) as sock:
         family, (host, port) = sock.family, sock.getsockname()[:2]
-    return listeners_at(family, host, port, excluding=socket_inodes(os.getppid()))
+    everyone = listeners_at(family, host, port)
+    workers = listeners_at(family, host, port, excluding=socket_inodes(os.getppid()))
+    if everyone is None or workers is None:
+        return None
+    return workers, everyone > workers
 
 
 def listeners_at(family: int, host: str, port: int, excluding: set[str] = frozenset()) -> int | None:

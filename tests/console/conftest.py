@@ -86,7 +86,7 @@ class Page:
         self.testid("token-button").click()
         self.testid("token-input").fill(token)
         self.testid("token-save").click()
-        self.page.wait_for_function("document.getElementById('token-state').textContent.includes('entered')")
+        self.page.wait_for_function("() => document.getElementById('token-state').textContent.includes('entered')")
 
     def screenshot(self, name: str, tmp_path: Path) -> Path:
         folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)

@@ -221,7 +221,7 @@ def test_without_the_token_nothing_is_written_and_the_page_says_why(console: Pag
     console.enter_token("not-the-token")
     console.testid("save").click()
     console.page.wait_for_function(
-        "document.querySelector('[data-testid=save-message]').textContent.includes('admin token')"
+        "() => document.querySelector('[data-testid=save-message]').textContent.includes('admin token')"
     )
     console.testid("token-button").click()
     console.testid("token-forget").click()
@@ -360,7 +360,7 @@ def test_the_review_queues_hold_exactly_the_frames_the_api_gets_wrong_at_the_pro
             decided[(truth["label"], crossed[0] if crossed else "no_defect")] += 1
     assert missed and spurious, "thresholds chosen to get frames wrong got none wrong"
     console.page.wait_for_function(
-        f"document.querySelector('[data-testid=queue-fn-count]').textContent.trim() === '{len(missed)}'"
+        f"() => document.querySelector('[data-testid=queue-fn-count]').textContent.trim() === '{len(missed)}'"
     )
     assert queue(console, "fn") == missed
     assert queue(console, "fp") == spurious
@@ -510,7 +510,9 @@ def test_a_sample_set_kept_on_the_server_is_swept_and_reviewed_without_an_upload
     console.page.wait_for_selector(f"[data-testid=frame-detail][data-name='{name}']")
     image = console.testid("frame-proposed-image")
     assert image.get_attribute("src") == f"/v1/sample-sets/{SERVER_SET}/files/{name}"
-    console.page.wait_for_function("document.querySelector('[data-testid=frame-proposed-image]').naturalWidth === 320")
+    console.page.wait_for_function(
+        "() => document.querySelector('[data-testid=frame-proposed-image]').naturalWidth === 320"
+    )
     with zipfile.ZipFile(samples_zip) as archive:
         served = httpx.get(f"{server.url}/v1/sample-sets/{SERVER_SET}/files/{name}")
         assert served.content == archive.read(name) and served.headers["content-type"] == "image/jpeg"

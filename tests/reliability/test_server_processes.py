@@ -189,12 +189,14 @@ def test_while_its_workers_warm_up_the_server_answers_livez_and_readyz_waits_for
         while not stop.is_set():
             if server_pid is None:
                 server_pid = next((p.pid for p in psutil.process_iter(["cmdline"]) if _serves(p, port)), None)
+            # A liveness probe's timeout (deploy/kubernetes: 5 s): the server process answers from a thread
+            # of its own while it starts the workers, which take both cores here.
             try:
-                livez = httpx.get(f"{url}/livez", timeout=2).status_code
+                livez = httpx.get(f"{url}/livez", timeout=5).status_code
             except httpx.TransportError:
                 livez = None
             try:
-                readyz = httpx.get(f"{url}/readyz", timeout=2).status_code
+                readyz = httpx.get(f"{url}/readyz", timeout=5).status_code
             except httpx.TransportError:
                 readyz = None
             # The workers' sockets listening now: every one on the port but the server process's own.
