@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Column, Select, Table, inspect, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, Select, Table, func, inspect, select, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
@@ -57,6 +57,13 @@ def _default_sql(engine: Engine, column: Column) -> str:
     if isinstance(arg, str):
         return "'" + arg.replace("'", "''") + "'"
     return str(arg.compile(dialect=engine.dialect))
+
+
+def newest_revisions(conn: Connection, table: Table) -> dict[str, int]:
+    """Every model's newest revision number: one aggregate over the primary key's index (revisions are
+    rare, so the table stays small), what a worker's follower reads to notice a change anywhere."""
+    query = select(table.c.model, func.max(table.c.revision)).group_by(table.c.model)
+    return {model: revision for model, revision in conn.execute(query)}
 
 
 def history_query(table: Table, model: str, limit: int, before: int | None) -> Select:

@@ -56,9 +56,10 @@ class ServedModels:
         self._following = threading.Lock()  # the watcher and a change's route follow one at a time
         # Which version of each model is active, kept beside the thresholds (`service.lifecycle`).
         self.lifecycle = VersionStore(thresholds.engine)
-        self.frames = FrameStore(thresholds.engine, (settings or Settings()).kept_frames_max_bytes)
+        configured = settings or Settings()
+        self.frames = FrameStore(thresholds.engine, configured.kept_frames_max_bytes)
         # Live frames rejected, kept for review when asked for (`INSPECTION_KEEP_REJECTED_FRAMES`).
-        per_model = (settings or Settings()).keep_rejected_frames
+        per_model = configured.keep_rejected_frames
         self.rejected = RejectedFrames(self.frames, per_model) if per_model else None
 
     @staticmethod

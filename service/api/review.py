@@ -40,7 +40,7 @@ def review_router(settings: Settings, served_models: Callable[[], ServedModels])
     def frames(model: str, limit: int = Query(100, ge=1, le=1000)) -> RejectedFrames:
         models = served_models()
         models.active_version(model)  # 404 for a model never served
-        kept = models.frames.list(model, REJECTED, 0, limit=1000)
+        kept = models.frames.list(model, REJECTED, 0, limit=limit, newest_first=True)
         return RejectedFrames(
             keeping=settings.keep_rejected_frames,
             frames=[
@@ -51,7 +51,7 @@ def review_router(settings: Settings, served_models: Callable[[], ServedModels])
                     size_bytes=f.size_bytes,
                     answer=f.details["answer"],
                 )
-                for f in reversed(kept[-limit:])
+                for f in kept
             ],
         )
 

@@ -51,7 +51,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.changes import announce
 from service.errors import Conflict, InvalidParameters
-from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
+from service.revisions import STORE_AUTHOR, create_tables, history_query, newest_revisions, utc
 from service.thresholds.store import _check_audit
 
 log = logging.getLogger(__name__)
@@ -198,10 +198,9 @@ class VersionStore:
             return _newest(conn, model)
 
     def newest_revisions(self) -> dict[str, int]:
-        """Every model's newest revision number: what a worker polls to notice a change anywhere.
-        One aggregate over the primary key's index; revisions are rare, so the table stays small."""
+        """Every model's newest revision number: what a worker reads to notice a change anywhere."""
         with self._engine.connect() as conn:
-            return {model: revision for model, revision in conn.execute(_NEWEST_NUMBERS)}
+            return newest_revisions(conn, activations)
 
     def history(self, model: str, limit: int = 50, before: int | None = None) -> list[Activation]:
         """Revisions of `model`, newest first: at most `limit`, only those older than `before` if given."""
@@ -505,7 +504,6 @@ _NEWEST = (
     .limit(1)
 )
 # Every worker runs this one a few times a second: built once.
-_NEWEST_NUMBERS = select(activations.c.model, func.max(activations.c.revision)).group_by(activations.c.model)
 _PREVIOUS_VERSION = (
     select(activations.c.version)
     .where(

@@ -31,7 +31,8 @@ class SampleSets:
         self._max_bytes = max_bytes
         self._max_files = max_files
         self._lock = threading.Lock()
-        self._open: tuple[str, float, SampleFiles] | None = None  # the last set opened: the console reads its frames
+        # The last set opened, with its files' names: the console reads its frames one request at a time.
+        self._open: tuple[str, float, SampleFiles, frozenset[str]] | None = None
 
     def list(self) -> list[SampleSetInfo]:
         if not self.root.is_dir():
@@ -47,11 +48,14 @@ class SampleSets:
 
     def open(self, name: str) -> SampleFiles:
         """The set's files; NotFound when there is no such set, PayloadTooLarge over the sweep's limits."""
+        return self._opened(name)[0]
+
+    def _opened(self, name: str) -> tuple[SampleFiles, frozenset[str]]:
         path = self._path(name)
         stamp = path.stat().st_mtime
         with self._lock:
             if self._open is not None and self._open[:2] == (name, stamp):
-                return self._open[2]
+                return self._open[2], self._open[3]
         if path.is_dir():
             files: SampleFiles = FolderFiles(path)
         else:
@@ -64,14 +68,15 @@ class SampleSets:
                 files = ZipFiles(path.read_bytes(), self._max_bytes, self._max_files)
             except SampleSetError as exc:
                 raise PayloadTooLarge(f"sample set {name}: {exc}") from None
+        names = frozenset(files.names())
         with self._lock:
-            self._open = (name, stamp, files)
-        return files
+            self._open = (name, stamp, files, names)
+        return files, names
 
     def read(self, name: str, file: str) -> bytes:
         """One file of a set, by its path in the set (as a sweep's report names it)."""
-        files = self.open(name)
-        if file not in set(files.names()):
+        files, names = self._opened(name)
+        if file not in names:
             raise NotFound(f"sample set {name} has no file {file!r}")
         return files.read(file)
 

@@ -49,7 +49,6 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
-    func,
     insert,
     select,
 )
@@ -61,7 +60,7 @@ from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
-from service.revisions import STORE_AUTHOR, create_tables, history_query, utc
+from service.revisions import STORE_AUTHOR, create_tables, history_query, newest_revisions, utc
 from service.tasks import HEADS
 from service.thresholds.rules import ThresholdSet, check_review, check_thresholds, is_threshold
 
@@ -235,7 +234,7 @@ class ThresholdStore:
         the one held: one query for every model's newest number, then each revision that changed.
         Raises what the database raises (the follower retries)."""
         with self._engine.connect() as conn:
-            newest = {model: number for model, number in conn.execute(_NEWEST_NUMBERS)}
+            newest = newest_revisions(conn, revisions)
         for manifest in manifests:
             held = self._held.get(manifest.name)
             if held is None or newest.get(manifest.name) != held.revision:
@@ -453,7 +452,6 @@ class ThresholdStore:
 _NEWEST = (
     select(revisions).where(revisions.c.model == bindparam("model")).order_by(revisions.c.revision.desc()).limit(1)
 )
-_NEWEST_NUMBERS = select(revisions.c.model, func.max(revisions.c.revision)).group_by(revisions.c.model)
 # On SQLite, a prediction after a commit runs this one: built once, and only the primary key is read.
 _NEWEST_NUMBER = (
     select(revisions.c.revision)
