@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from service.changes import ChangeFeed, FeedHealth, NotificationFeed, first_line
+from service.changes import ChangeFeed, FeedHealth, first_line
 from service.lifecycle.watcher import VersionWatcher
 from service.metrics import inspection_metrics
 from service.served_models import ServedModels
@@ -79,7 +79,7 @@ class StateFollower:
             if self._stop.is_set():
                 return
             due = time.monotonic() >= self._next_resync
-            if due and isinstance(self._feed, NotificationFeed):
+            if due:
                 self._feed.check()
             try:
                 if changed or due:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from service.changes import CommitCounterFeed, NotificationFeed, announce, connect_timeouts
+from service.changes import CommitCounterFeed, CommitWatch, NotificationFeed, announce, connect_timeouts
 from service.config import Settings
 from service.errors import Conflict, InvalidParameters
 from service.manifest import ModelManifest
@@ -459,31 +458,6 @@ _NEWEST_NUMBER = (
     .order_by(revisions.c.revision.desc())
     .limit(1)
 )
-
-
-class CommitWatch:
-    """Whether anything was committed to an SQLite file since the last look, by any process.
-
-    `PRAGMA data_version` on a connection of its own that never writes: its value changes exactly
-    when another connection commits. A few microseconds, against tens for a query through the pool.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # predictions read it from several decode threads
-
-    def count(self) -> int:
-        with self._lock:
-            if self._connection is None:
-                self._connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            return self._connection.execute("PRAGMA data_version").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
 
 
 def _newest(conn: Connection, model: str) -> ThresholdRevision | None:
