@@ -52,12 +52,11 @@ def thresholded_class_map(logits: np.ndarray, thresholds: np.ndarray) -> tuple[n
     return class_map, probability
 
 
-def best_pixel_per_class(logits: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """[C, h, w] logits -> each class's highest probability over the pixels where it is the most probable
-    class (its score for a review band; the sweep scores a segmenter's class the same way)."""
+def best_pixel_per_class(logits: np.ndarray, probability: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """[C, h, w] logits and their winning probability (h, w) (`thresholded_class_map`'s) -> each class's
+    highest probability over the pixels where it is the most probable class (its score for a review
+    band; the sweep scores a segmenter's class the same way)."""
     winner = logits.argmax(axis=0)
-    shifted = np.asarray(logits, dtype=np.float32) - logits.max(axis=0)
-    probability = 1.0 / np.exp(shifted).sum(axis=0)
     best = np.full(len(classes), -np.inf)
     np.maximum.at(best, winner.ravel(), probability.ravel())
     return {name: float(best[k]) for k, name in enumerate(classes) if np.isfinite(best[k])}
@@ -149,7 +148,10 @@ def postprocess_segmentation(
             )
     defects = [s.class_name for s in segments]
     band = review_band(active, thresholds.review)
-    review = in_review(band, best_pixel_per_class(logits[:, y0:y1, x0:x1], manifest.classes), defects) if band else None
+    review = None
+    if band:
+        scores = best_pixel_per_class(logits[:, y0:y1, x0:x1], probability[y0:y1, x0:x1], manifest.classes)
+        review = in_review(band, scores, defects)
     answer = SegmentationAnswer.model_construct(
         **answer_header(manifest, geometry, thresholds, defects, review), segments=segments
     )
