@@ -40,7 +40,10 @@ class WeldClassifier(nn.Module):
         self.head = nn.Linear(2 * 128, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.features(images)
+        return self.classify(self.features(images))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The last convolutional features [N, 128, h, w] -> logits [N, num_classes]."""
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
         return self.head(self.dropout(pooled))
 

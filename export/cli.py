@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="state_dict (or a dict with 'state_dict' or 'model'), or the saved module",
     )
     torch_command.add_argument("--fp16", action="store_true", help="float16 weights (input stays uint8)")
+    torch_command.add_argument(
+        "--heatmap-scale",
+        type=_positive,
+        help="classifiers with class activation maps: the activation their heat maps show at full intensity "
+        "(default: the largest on the parity images; set it from frames with defects)",
+    )
     _add_model_options(torch_command)
     torch_command.set_defaults(handler=_export_torch)
 
@@ -146,6 +152,7 @@ def _export_torch(args: argparse.Namespace) -> int:
         model = load_checkpoint_model(
             architecture, args.checkpoint, request.channels, len(request.classes), (request.height, request.width)
         )
+    request.heatmap_scale = args.heatmap_scale
     with open(args.checkpoint, "rb") as file:
         checkpoint_sha256 = hashlib.file_digest(file, "sha256").hexdigest()
     version = export_model(
@@ -273,6 +280,11 @@ def _show(args: argparse.Namespace) -> int:
         )
         if parity.details:
             lines.append(("", ", ".join(f"{key} {value:.2g}" for key, value in parity.details.items())))
+    if manifest.activation_map is not None:
+        cam = manifest.activation_map
+        lines.append(
+            ("heat maps", f"class activation (output {cam.features}, weights {cam.weights}, full at {cam.scale:g})")
+        )
     if manifest.quality is None:
         lines.append(("quality", "not measured"))
     else:
@@ -305,6 +317,13 @@ def _report_written(version: ModelVersion) -> None:
 def _input_text(manifest: ModelManifest) -> str:
     spec = manifest.input
     return f"{spec.channels}x{spec.height}x{spec.width} {spec.dtype} {spec.resize}"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from service.thresholds.evaluation import (
 )
 
 from . import synthetic
+from .activation import activation_parts
 from .architectures import WeldDetector, build_unet, build_weld_classifier, build_weld_detector
 from .exporting import ExportRequest, export_model
 
@@ -330,6 +331,32 @@ def evaluate_classifier(model: nn.Module, data: WeldSet) -> dict[str, float]:
     return metrics
 
 
+def heatmap_scale(features: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> float:
+    """The class activation the demo classifier's heat maps show at full intensity: over the test frames
+    with a defect, the 95th percentile of their defect class's largest activation, to two significant digits.
+
+    `features` [N, K, h, w] are the frames' last convolutional features, `weights` [C, K] the classes'.
+    """
+    defective = labels != CLASSIFIER.classes.index(CLASSIFIER.background_class)
+    maps = np.einsum("nkhw,ck->nchw", features[defective], weights)
+    peaks = maps[np.arange(len(maps)), labels[defective]].max(axis=(1, 2))
+    return float(f"{max(float(np.percentile(peaks, 95)), 1e-3):.2g}")
+
+
+def classifier_heatmap_scale(model: nn.Module, data: WeldSet, batch_size: int = 32) -> float:
+    """`heatmap_scale` of the trained demo classifier on `data`."""
+    parts = activation_parts(model)
+    assert parts is not None, "the demo classifier has class activation maps"
+    model.eval()
+    inputs = data.classifier_inputs
+    with torch.no_grad():
+        features = [
+            parts.features(_normalise(inputs[start : start + batch_size], CLASSIFIER.input))
+            for start in range(0, len(inputs), batch_size)
+        ]
+    return heatmap_scale(torch.cat(features).numpy(), parts.weights.numpy(), data.labels)
+
+
 # --- detector -----------------------------------------------------------------------------------
 
 
@@ -554,9 +581,12 @@ def run_demo(store: Path, seed: int, plan: TrainingPlan = TrainingPlan(), log: L
         model = train_model(train, plan, seed, log)
         metrics = evaluate(model, test)
         log(f"{demo_model.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        request = demo_model.export_request()
+        if demo_model is CLASSIFIER:
+            request.heatmap_scale = classifier_heatmap_scale(model, test)
         version = export_model(
             model,
-            demo_model.export_request(),
+            request,
             store,
             source=f"python -m export demo --seed {seed} ({train.description})",
             architecture=architecture,

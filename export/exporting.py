@@ -29,6 +29,7 @@ from torchvision.models.detection.ssd import SSD
 
 from service.manifest import (
     MODEL_NAME_PATTERN,
+    ActivationMap,
     InputSpec,
     ModelManifest,
     OutputDecoder,
@@ -42,6 +43,7 @@ from service.manifest import (
 from service.model_store import ModelVersion
 from service.thresholds.rules import check_thresholds
 
+from .activation import FEATURES_OUTPUT, WEIGHTS_FILE, ActivationParts, activation_parts, class_activations
 from .errors import ExportError, reason, validation_message
 from .outputs import OUTPUT_NAMES, check_outputs
 from .parity import ParityCheck
@@ -81,6 +83,8 @@ class ExportRequest:
     fp16: bool = False
     resize_filter: ResizeFilter = ResizeFilter.BILINEAR_ANTIALIAS  # how the trainer resized
     pad_to_stride: int | None = None  # letterbox only to a multiple of this (graphs with dynamic image axes)
+    # The class activation shown at full intensity in heat maps; None: the largest over the parity images.
+    heatmap_scale: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(MODEL_NAME_PATTERN, self.name):
@@ -171,6 +175,9 @@ def export_model(
     boxes_scores_labels: a torchvision detector). It is put in eval mode; a torchvision detector is
     also configured in place for the input size and the request's NMS and detection limits.
     `parity_inputs`, uint8 [N, C, H, W], replace the random images the check runs on.
+
+    A classifier of a kind `export.activation` knows also gives its last convolutional features as a
+    second graph output, and its class weights go beside the graph, for class activation maps.
     """
     if request.pad_to_stride is not None:
         raise ExportError("pad_to_stride needs a graph with dynamic image axes; an export from PyTorch fixes them")
@@ -203,6 +210,10 @@ def export_model(
     expected = [_run_torch(wrapped, batch) for batch in batches]
     for batch, outputs in zip(batches, expected):
         check_outputs(request.decoder, request.classes, len(batch), outputs)
+    activation = _activation_input(model, request, batches, expected) if request.task is Task.CLASSIFICATION else None
+    if activation is not None:
+        wrapped, names = activation, [*names, FEATURES_OUTPUT]
+        expected = [_run_torch(wrapped, batch) for batch in batches]
 
     if detector:
         graph = _export_torchscript(wrapped, batches[0], names)
@@ -225,14 +236,72 @@ def export_model(
             check.add("scores", reference[0][:, 4:], actual[0][:, 4:])
         else:
             check.add(names[0], reference[0], actual[0])
+        if activation is not None:
+            check.add(FEATURES_OUTPUT, reference[1], actual[1])
     failure = check.failure()
     if failure:
         raise ExportError(failure)
 
     parity = check.result(samples=sum(len(b) for b in batches), batch_sizes=sorted({len(b) for b in batches}))
     opset = next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
-    final = manifest.model_copy(update={"provenance": provenance.model_copy(update={"parity": parity, "opset": opset})})
-    return write_version(store, final, onnx_model)
+    update: dict[str, object] = {"provenance": provenance.model_copy(update={"parity": parity, "opset": opset})}
+    files = {}
+    if activation is not None:
+        scale = request.heatmap_scale or _activation_scale(activation, request, manifest, expected)
+        update["activation_map"] = ActivationMap(features=FEATURES_OUTPUT, weights=WEIGHTS_FILE, scale=scale)
+        files[WEIGHTS_FILE] = _npy(activation.parts.weights.numpy().astype(np.float32))
+    return write_version(store, manifest.model_copy(update=update), onnx_model, files)
+
+
+class _ActivationInput(nn.Module):
+    """uint8 pixels -> normalised -> (logits, last convolutional features): a classifier split where
+    its class activation maps read it (`export.activation`)."""
+
+    def __init__(self, parts: ActivationParts, pixels: _PixelInput) -> None:
+        super().__init__()
+        self.parts = parts
+        self.pixels = pixels  # holds the model (its weights) and the normalisation
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.parts.features(self.pixels.normalise(images))
+        return self.parts.classify(features), features
+
+
+def _activation_input(
+    model: nn.Module, request: ExportRequest, batches: list[torch.Tensor], expected: list[list[np.ndarray]]
+) -> _ActivationInput | None:
+    """The classifier split at its features, when it is of a kind `export.activation` knows and the split
+    gives exactly the model's own logits on the parity images; else None (exported without maps)."""
+    parts = activation_parts(model)
+    if parts is None:
+        return None
+    split = _ActivationInput(parts, _PixelInput(model, request)).eval()
+    for batch, outputs in zip(batches, expected, strict=True):
+        logits, features = _run_torch(split, batch)
+        if features.ndim != 4 or not np.allclose(logits, outputs[0], rtol=1e-5, atol=1e-5):
+            return None
+    return split
+
+
+def _activation_scale(
+    activation: _ActivationInput, request: ExportRequest, manifest: ModelManifest, outputs: list[list[np.ndarray]]
+) -> float:
+    """The largest activation of each parity image's most likely defect class, over the images, to two
+    significant digits (at least 1e-3): the heat maps' full intensity when the request sets none."""
+    defects = [request.classes.index(name) for name in manifest.defect_classes]
+    largest = 0.0
+    for logits, features in outputs:
+        maps = class_activations(torch.from_numpy(features), activation.parts.weights).numpy()
+        for image, row in enumerate(logits):
+            top = max(defects, key=lambda index: row[index])
+            largest = max(largest, float(maps[image, top].max()))
+    return float(f"{max(largest, 1e-3):.2g}")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 class _PixelInput(nn.Module):
@@ -245,8 +314,11 @@ class _PixelInput(nn.Module):
         self.register_buffer("mean", torch.tensor(request.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(request.std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() * self.scale - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        output = self.model((images.float() * self.scale - self.mean) / self.std)
+        output = self.model(self.normalise(images))
         return output["out"] if isinstance(output, dict) else output
 
 

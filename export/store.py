@@ -12,14 +12,17 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from service.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
 from service.model_store import ModelVersion, load_version
 
 
-def write_version(store: Path, manifest: ModelManifest, onnx_model: bytes) -> ModelVersion:
-    """Store `onnx_model` as the next version of `manifest.name`.
+def write_version(
+    store: Path, manifest: ModelManifest, onnx_model: bytes, files: Mapping[str, bytes] | None = None
+) -> ModelVersion:
+    """Store `onnx_model` as the next version of `manifest.name`, with `files` (name -> content) beside it.
 
     The manifest's own `version` is ignored: the version is the number this write claims.
     """
@@ -29,6 +32,8 @@ def write_version(store: Path, manifest: ModelManifest, onnx_model: bytes) -> Mo
     staging.mkdir()
     try:
         _write_durably(staging / MODEL_FILE, onnx_model)
+        for name, content in (files or {}).items():
+            _write_durably(staging / name, content)
         while True:
             version = _next_version(model_dir)
             numbered = manifest.model_copy(update={"version": version})

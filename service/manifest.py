@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -108,6 +108,22 @@ class OutputSpec(_Strict):
     names: list[str] = Field(min_length=1, description="Graph output names, in the order the decoder reads them.")
 
 
+class ActivationMap(_Strict):
+    """What class activation maps need, recorded by the export for classifiers whose head is global
+    pooling and one linear layer (`export.activation`): a class's map is its weights' sum of the features."""
+
+    features: str = Field(description="Graph output with the last convolutional features, [N, K, h, w].")
+    weights: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.npy$",
+        description="File beside the graph: float32 [C, K], each class's weight on each feature channel.",
+    )
+    scale: float = Field(
+        gt=0,
+        description="The class activation a heat map shows at full intensity (255); 0 at 0, linear between, "
+        "clipped: one scale for every frame of the version.",
+    )
+
+
 class Parity(_Strict):
     max_abs_diff: float = Field(description="Largest |onnxruntime - PyTorch| over all compared values.")
     tolerance: float = Field(description="The bound the export was checked against.")
@@ -152,6 +168,9 @@ class ModelManifest(_Strict):
     max_detections: int = Field(default=100, ge=1, le=10000)
     provenance: Provenance
     quality: Quality | None = None
+    activation_map: ActivationMap | None = Field(
+        default=None, description="Classifiers only: what class activation maps need (heat maps); None: none."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelManifest:
@@ -169,6 +188,10 @@ class ModelManifest(_Strict):
         missing = set(self.defect_classes) - set(self.thresholds)
         if missing:
             raise ValueError(f"thresholds missing for defect classes: {sorted(missing)}")
+        from service.heatmaps import HeatmapMethod
+
+        if self.activation_map is not None and HeatmapMethod.CAM not in head.heatmap_methods(self):
+            raise ValueError(f"{self.task} models have no class activation maps")
         if head.carries_nms and self.nms_iou is None:
             raise ValueError(f"{self.task} models need a default nms_iou")
         return self
@@ -184,8 +207,10 @@ class ModelManifest(_Strict):
 
     def to_json(self) -> str:
         # Left out when unset, so that a manifest without it is written byte for byte as before the field existed.
-        unset = {"input": {"pad_to_stride"}} if self.input.pad_to_stride is None else None
-        return self.model_dump_json(indent=2, exclude=unset) + "\n"
+        unset: dict[str, Any] = {"input": {"pad_to_stride"}} if self.input.pad_to_stride is None else {}
+        if self.activation_map is None:
+            unset["activation_map"] = True
+        return self.model_dump_json(indent=2, exclude=unset or None) + "\n"
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:

@@ -176,3 +176,11 @@ def test_checks_catch_a_broken_dockerfile(tmp_path: Path) -> None:
     ]
     problems = command_problems(broken[-1], bentofile_service())
     assert [problem.split()[0] for problem in problems] == ["CMD", "EXPOSE", "USER"]
+
+
+def test_the_bento_takes_every_file_of_the_demo_model_store():
+    included = set()
+    for pattern in yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"]:
+        included |= {path for path in ROOT.glob(pattern) if path.is_file()}
+    stored = {path for path in (ROOT / "model_store").rglob("*") if path.is_file()}
+    assert stored and stored <= included, sorted(map(str, stored - included))

@@ -130,6 +130,8 @@ def shipped(tmp_path_factory: pytest.TempPathFactory, checkpoints: Path) -> Path
         "from the command line",
         "--thresholds",
         "crack=0.2",
+        "--heatmap-scale",
+        "2.5",
         "--store",
         store,
     )
@@ -192,10 +194,18 @@ def test_torchvision_checkpoint_exports_grayscale_by_repeating_the_channel_in_th
     model = torchvision_model("resnet18", 4)
     model.load_state_dict(torch.load(checkpoint))
     images = random_images(3, channels=1)
-    (logits,) = run_onnx(tmp_path / "weld-r18" / "1" / "model.onnx", images)
+    logits, features = run_onnx(tmp_path / "weld-r18" / "1" / "model.onnx", images)
+    rgb = normalised(images, 0.5, 0.25).expand(-1, 3, -1, -1)
     with torch.no_grad():
-        expected = model.eval()(normalised(images, 0.5, 0.25).expand(-1, 3, -1, -1))
+        expected = model.eval()(rgb)
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(rgb))))
+        expected_features = model.layer4(model.layer3(model.layer2(model.layer1(stem))))
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-3)
+    # The class activation maps' features (layer4's output) and weights (fc's), beside the logits.
+    assert manifest.activation_map is not None and manifest.activation_map.features == "features"
+    np.testing.assert_allclose(features, expected_features.numpy(), atol=1e-3)
+    weights = np.load(tmp_path / "weld-r18" / "1" / manifest.activation_map.weights)
+    np.testing.assert_array_equal(weights, model.fc.weight.detach().numpy())
 
 
 def test_torchvision_segmenter_checkpoint_with_its_training_only_auxiliary_head_exports(tmp_path: Path) -> None:
@@ -319,6 +329,7 @@ def test_show_prints_parity_quality_and_thresholds(shipped: Path) -> None:
     assert shown["thresholds"] == "porosity=0.5, crack=0.2, undercut=0.5"
     assert shown["parity"].startswith("max |onnxruntime - torch| ") and "4 images at batch size 1, 3" in shown["parity"]
     assert shown["quality"] == "synthetic welds, seed 5, 200 images 64x64"
+    assert shown["heat maps"] == "class activation (output features, weights activation_weights.npy, full at 2.5)"
     assert "accuracy 0.93" in result.out
     imported = run("show", "weld-yolo", "--store", shipped)
     assert "parity        none (imported graph)" in imported.out

@@ -62,7 +62,13 @@ def test_demo_model_graph_input_and_outputs_match_its_manifest(name: str) -> Non
     assert graph_input.type == "tensor(uint8)" and manifest.input.dtype == "uint8"
     assert graph_input.shape[1:] == [manifest.input.channels, manifest.input.height, manifest.input.width]
     assert isinstance(graph_input.shape[0], str)  # a dynamic batch axis
-    assert [o.name for o in session.get_outputs()] == manifest.output.names
+    # The classifier also gives its features, for class activation maps, with its weights beside it.
+    extra = [manifest.activation_map.features] if name == "weld-classifier" else []
+    assert [o.name for o in session.get_outputs()] == manifest.output.names + extra
+    if extra:
+        weights = np.load(version.path / manifest.activation_map.weights)
+        features = session.get_outputs()[1].shape
+        assert weights.shape == (len(manifest.classes), features[1]) and weights.dtype == np.float32
     assert version.onnx_path.stat().st_size < 3_000_000
 
 
@@ -79,7 +85,7 @@ def test_classifier_labels_a_fresh_crack_frame_as_crack() -> None:
     assert version.manifest.classes == list(CLASSES)
     sample = generate_weld(FRESH_SEED, 640, 480, label="crack")
     batch, _ = _model_input(sample.image, version.manifest)
-    (logits,) = _session(version).run(None, {"images": batch})
+    (logits,) = _session(version).run(["logits"], {"images": batch})
     assert version.manifest.classes[int(logits[0].argmax())] == "crack"
 
 
@@ -89,7 +95,7 @@ def test_classifier_labels_fresh_5mp_frames_of_every_class() -> None:
     for offset, label in enumerate(CLASSES):
         sample = generate_weld(FRESH_SEED + offset, 2448, 2048, label=label)
         batch, _ = _model_input(sample.image, version.manifest)
-        (logits,) = session.run(None, {"images": batch})
+        (logits,) = session.run(["logits"], {"images": batch})
         assert version.manifest.classes[int(logits[0].argmax())] == label
 
 
