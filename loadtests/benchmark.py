@@ -25,7 +25,8 @@ can be compared before and after within one run (each server's worker count is r
 whichever code it runs), or a protocol (`protocol=v2-binary`: the Open Inference Protocol with binary
 tensors, as `tritonclient` sends; `v2-json`) against `/v1` on the same code, or a shadow run
 (`shadow=0.5`: a candidate version, a copy of the active one, answers that share of the frames in the
-background) against none; `--rounds N` repeats each case (bare, then every variant) and reports
+background) against none, or heat maps (`heatmap=cam`: every answer asks for one) against none;
+`model_store=PATH` serves a variant from another store (the one of an older commit); `--rounds N` repeats each case (bare, then every variant) and reports
 medians; `--profile FOLDER` records a py-spy flame graph of one worker per saturated phase. Prints a
 markdown table and writes JSON.
 """
@@ -116,6 +117,8 @@ class Variant:
       git history, as on a host that received a plain copy of the working tree).
     `protocol=` says how its clients send frames (`PROTOCOLS`; default `v1`). `shadow=SHARE` runs a
     shadow run on that share of the frames, its candidate a copy of each model's served version.
+    `heatmap=METHOD`: its clients ask every answer for that heat map (`/v1` only). `model_store=PATH`
+    (a setting) serves that store instead of the benchmark's, e.g. the one of the commit it runs.
     """
 
     name: str
@@ -124,6 +127,7 @@ class Variant:
     code: Path | None = None
     protocol: str = "v1"
     shadow: float | None = None
+    heatmap: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -134,6 +138,9 @@ class Variant:
             raise argparse.ArgumentTypeError(f"variant {name!r}: ref= or code=, not both")
         protocol = given.pop("protocol", "v1")
         shadow = given.pop("shadow", None)
+        heatmap = given.pop("heatmap", None)
+        if heatmap is not None and protocol != "v1":
+            raise argparse.ArgumentTypeError(f"variant {name!r}: heatmap= is measured on /v1 only")
         if shadow is not None and not 0.0 < float(shadow) <= 1.0:
             raise argparse.ArgumentTypeError(f"variant {name!r}: shadow is a share of the frames, above 0 up to 1")
         if protocol not in PROTOCOLS:
@@ -151,6 +158,7 @@ class Variant:
             None if code is None else service_tree(Path(code)),
             protocol,
             None if shadow is None else float(shadow),
+            heatmap,
         )
 
 
@@ -324,6 +332,7 @@ def running_service(variant: Variant, model_store: Path, models: list[str], log_
     if variant.ref is not None:
         code = export_commit(variant.ref, log_dir / f"code-{variant.name}")
     env, refs = variant.env, models
+    model_store = Path(env.get("INSPECTION_MODEL_STORE", model_store))
     if variant.shadow is not None:
         model_store, refs, candidates = store_with_candidates(model_store, models, log_dir / f"store-{variant.name}")
         env = {**env, "INSPECTION_ADMIN_TOKEN": SHADOW_TOKEN}
@@ -395,12 +404,13 @@ class Prepared:
     headers: dict[str, str]
 
 
-def prepare(protocol: str, url: str, model: str, frame: bytes) -> Prepared:
-    """A frame as a request of `protocol`: `v1` (the JPEG as the body), `v2-binary` (the Open Inference
-    Protocol with binary tensor data both ways, as `tritonclient` sends by default) or `v2-json` (the
-    JPEG as base64 text in JSON, the answer in JSON)."""
+def prepare(protocol: str, url: str, model: str, frame: bytes, heatmap: str | None = None) -> Prepared:
+    """A frame as a request of `protocol`: `v1` (the JPEG as the body; `heatmap`: asking for that heat
+    map), `v2-binary` (the Open Inference Protocol with binary tensor data both ways, as `tritonclient`
+    sends by default) or `v2-json` (the JPEG as base64 text in JSON, the answer in JSON)."""
     if protocol == "v1":
-        return Prepared(f"{url}/v1/models/{model}/predict", frame, {"Content-Type": "image/jpeg"})
+        query = "" if heatmap is None else f"?heatmap={heatmap}"
+        return Prepared(f"{url}/v1/models/{model}/predict{query}", frame, {"Content-Type": "image/jpeg"})
     infer = f"{url}/v2/models/{model}/infer"
     if protocol == "v2-binary":
         element = struct.pack("<I", len(frame)) + frame
@@ -614,8 +624,9 @@ async def measure_served(
     variant: str,
     profile_svg: Path | None = None,
     protocol: str = "v1",
+    heatmap: str | None = None,
 ) -> ServedResult:
-    requests = [prepare(protocol, url, case.model, frame) for frame in frames]
+    requests = [prepare(protocol, url, case.model, frame, heatmap) for frame in frames]
     async with client_session(concurrency) as client:
         await closed_loop(client, requests, concurrency, phases.warmup, ramp_s=phases.warmup / 2)
         stages_before = await stage_totals(url, case.model)
@@ -797,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
                             variant.name,
                             profile_svg=svg,
                             protocol=variant.protocol,
+                            heatmap=variant.heatmap,
                         )
                     )
                     ratio = served.served_rate / ceiling.images_per_s
@@ -860,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": workers.get(variant.name),
                 "protocol": variant.protocol,
                 "shadow": variant.shadow,
+                "heatmap": variant.heatmap,
             }
             for variant in variants
         },

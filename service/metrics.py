@@ -29,9 +29,11 @@ class Stage(StrEnum):
     QUEUE_WAIT = "queue_wait"  # waiting for a batch slot
     INFERENCE = "inference"  # the batch's run
     POSTPROCESS = "postprocess"
+    HEATMAP = "heatmap"  # only answers that ask for one
 
 
-STAGES = tuple(stage.value for stage in Stage)
+# The stages of every answered prediction.
+STAGES = tuple(stage.value for stage in Stage if stage is not Stage.HEATMAP)
 UNKNOWN_MODEL = "unknown"
 
 

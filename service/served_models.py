@@ -339,6 +339,7 @@ def open_session(model: ModelVersion, settings: Settings, runtime: RuntimeOption
         runtime,
         input_name=spec.name,
         output_names=model.manifest.output.names,
+        extra_output_names=[cam.features] if (cam := model.manifest.activation_map) else None,
         batch_sizes=batch_buckets(settings.max_batch_size)
         if settings.fixed_batch_shapes and spec.dynamic_batch
         else None,

@@ -30,8 +30,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Runs one batch: list of per-image inputs -> list of per-image outputs.
-BatchRunner = Callable[[list[np.ndarray]], list[list[np.ndarray]]]
+# Runs one batch: list of per-image inputs, and whether any asked for the extra outputs -> list of
+# per-image outputs.
+BatchRunner = Callable[[list[np.ndarray], bool], list[list[np.ndarray]]]
 
 
 class ModelRunError(RuntimeError):
@@ -49,6 +50,7 @@ class BatchedResult:
 class _Pending:
     item: np.ndarray
     future: asyncio.Future[BatchedResult]
+    extra: bool  # the model's extra outputs are wanted (a heat map's features)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -75,7 +77,8 @@ class MicroBatcher:
         self._held: deque[_Pending] = deque()  # taken off the queue, not of the shape of the batch then formed
         self._loop_task: asyncio.Task[None] | None = None
 
-    async def submit(self, item: np.ndarray) -> BatchedResult:
+    async def submit(self, item: np.ndarray, extra: bool = False) -> BatchedResult:
+        """`item`'s outputs, once its batch has run; `extra`: with the extra outputs too (its batch fetches them)."""
         loop = asyncio.get_running_loop()
         task = self._loop_task
         # Queue and task are made lazily, so that they belong to the running event loop; the task is
@@ -86,7 +89,7 @@ class MicroBatcher:
         if task is None or task.done() or task.get_loop() is not loop:
             self._loop_task = loop.create_task(self._serve_batches())
         assert self._queue is not None
-        pending = _Pending(item=item, future=loop.create_future())
+        pending = _Pending(item=item, future=loop.create_future(), extra=extra)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -122,7 +125,7 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_batch, [p.item for p in batch]
+                self._executor, self._run_batch, [p.item for p in batch], any(p.extra for p in batch)
             )
         except Exception as exc:
             raise ModelRunError(f"{self._name}: the model run failed: {exc}") from exc

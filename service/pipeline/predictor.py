@@ -7,6 +7,7 @@ decode -> preprocess            (decode thread; a bad image fails here, alone; r
 -> post-process                 (the task's head, with the request's thresholds: on the event loop
                                  for classification, tens of microseconds, less than a hand-off to a
                                  thread; in a decode thread for boxes and masks) -> the typed answer
+-> heat map                     (only when the request asks, in a decode thread; `service.heatmaps`)
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ import numpy as np
 
 from service.config import Settings
 from service.errors import UnknownModel
+from service.heatmaps import (
+    EvidenceGrid,
+    Heatmap,
+    HeatmapMethod,
+    class_activation,
+    occluded_copies,
+    occlusion_fill,
+    occlusion_grid,
+    render,
+    top_class,
+)
 from service.manifest import InputSpec, ModelManifest, OutputDecoder
 from service.metrics import Stage, inspection_metrics
 from service.model_store import ModelVersion
@@ -58,6 +70,8 @@ class Predictor:
         self.manifest: ModelManifest = version.manifest
         self._head = head_for(self.manifest)
         self._no_options = parse_options(self.manifest, {})
+        self._activation_weights = _activation_weights(version)
+        self._occlusion_fill = occlusion_fill(self.manifest.input)
         self.session = session
         # Requests using this version now; once it is retired (unloaded, or replaced as the active
         # version) the last of them releases its sessions.
@@ -94,7 +108,8 @@ class Predictor:
     async def finish(self, prepared: PreparedImage, options: PredictionOptions, observe: bool = True) -> Answer:
         """Batch, infer and post-process a prepared image (one this version prepared, or another
         version of the same input); `observe`: into the request metrics (a shadow run's are not)."""
-        batched = await self._batcher.submit(prepared.tensor)
+        heatmap = options.heatmap_method
+        batched = await self._batcher.submit(prepared.tensor, extra=heatmap is HeatmapMethod.CAM)
         thresholds = options.thresholds_for(prepared.active)
         started = time.perf_counter()
         if self._head.on_event_loop:
@@ -103,9 +118,79 @@ class Predictor:
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._postprocess, batched.outputs, prepared.geometry, options, thresholds
             )
+        postprocess_s = time.perf_counter() - started
+        if heatmap is not None:
+            answer.heatmap = await self._heatmap(heatmap, prepared, batched.outputs, answer, options)
+            if observe:
+                inspection_metrics().stage_duration.labels(self.manifest.name, Stage.HEATMAP).observe(
+                    time.perf_counter() - started - postprocess_s
+                )
         if observe:
-            self._observe(prepared, batched, time.perf_counter() - started, answer)
+            self._observe(prepared, batched, postprocess_s, answer)
         return answer
+
+    async def _heatmap(
+        self,
+        method: HeatmapMethod,
+        prepared: PreparedImage,
+        outputs: list[np.ndarray],
+        answer: Answer,
+        options: PredictionOptions,
+    ) -> Heatmap:
+        """The heat map the request asked for (`service.heatmaps`), of the class it names or the defect
+        class scored highest; occlusion runs its copies through the batcher, with everyone else's."""
+        candidates = options.heatmap_candidates(self.manifest)
+        loop = asyncio.get_running_loop()
+        if method is HeatmapMethod.SCORES:
+            return await loop.run_in_executor(self._pool, self._score_heatmap, outputs, prepared.geometry, candidates)
+        scores = answer.scores  # a classifier's: cam and occlusion are theirs
+        class_name = top_class(scores, candidates)
+        if method is HeatmapMethod.CAM:
+            return await loop.run_in_executor(self._pool, self._cam_heatmap, outputs, prepared.geometry, class_name)
+        copies = occluded_copies(prepared.tensor, prepared.geometry, self._occlusion_fill)
+        results = await asyncio.gather(*(self._batcher.submit(copy) for copy in copies))
+        thresholds = options.thresholds_for(prepared.active)
+        occluded = [
+            self._postprocess(r.outputs, prepared.geometry, self._no_options, thresholds).scores[class_name]
+            for r in results
+        ]
+        grid = occlusion_grid(scores[class_name], occluded)
+        return await loop.run_in_executor(
+            self._pool,
+            lambda: render(
+                grid,
+                prepared.geometry,
+                class_name=class_name,
+                method=method,
+                unit="drop in the class's probability with the patch covered",
+                scale=1.0,
+                runs=len(copies),
+            ),
+        )
+
+    def _cam_heatmap(self, outputs: list[np.ndarray], geometry: Geometry, class_name: str) -> Heatmap:
+        assert self._activation_weights is not None and self.manifest.activation_map is not None
+        features = outputs[len(self.manifest.output.names)]
+        values = class_activation(features, self._activation_weights, self.manifest.classes.index(class_name))
+        return render(
+            EvidenceGrid.over_input(values, geometry),
+            geometry,
+            class_name=class_name,
+            method=HeatmapMethod.CAM,
+            unit="class activation",
+            scale=self.manifest.activation_map.scale,
+        )
+
+    def _score_heatmap(self, outputs: list[np.ndarray], geometry: Geometry, candidates: list[str]) -> Heatmap:
+        class_name, values = self._head.score_map(outputs, self.manifest, geometry, candidates)
+        return render(
+            EvidenceGrid.over_input(values, geometry),
+            geometry,
+            class_name=class_name,
+            method=HeatmapMethod.SCORES,
+            unit=self._head.score_unit,
+            scale=1.0,
+        )
 
     def check_answers(self) -> None:
         """Answer a blank frame of the model's input size, at the manifest's thresholds: a graph whose
@@ -115,8 +200,11 @@ class Predictor:
         defaults = ThresholdSet(revision=0, values=dict(self.manifest.thresholds), nms_iou=self.manifest.nms_iou)
         blank = np.full((spec.height, spec.width, spec.channels), 128, dtype=np.uint8)
         prepared = self._prepare(blank, lambda _: defaults)
-        (outputs,) = self._infer([prepared.tensor])
-        self._postprocess(outputs, prepared.geometry, self._no_options, defaults)
+        extra = self._activation_weights is not None
+        (outputs,) = self._infer([prepared.tensor], extra)
+        answer = self._postprocess(outputs, prepared.geometry, self._no_options, defaults)
+        if extra:  # the features and the weights fit each other
+            self._cam_heatmap(outputs, prepared.geometry, top_class(answer.scores, self.manifest.defect_classes))
 
     @contextmanager
     def held(self) -> Iterator[Predictor]:
@@ -170,9 +258,9 @@ class Predictor:
             tensor, spec, geometry, active(self.manifest), decoded_at - started, prepared_at - decoded_at
         )
 
-    def _infer(self, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+    def _infer(self, images: list[np.ndarray], extra: bool = False) -> list[list[np.ndarray]]:
         rows = self.session.batch_rows(len(images))
-        outputs = self.session.run(to_batch(images, self.manifest.input, rows), len(images))
+        outputs = self.session.run(to_batch(images, self.manifest.input, rows), len(images), extra)
         if self.manifest.output.decoder is OutputDecoder.BOXES_SCORES_LABELS:
             # One image per run, and outputs without a batch axis (torchvision detectors, NMS inside).
             return [outputs]
@@ -200,3 +288,19 @@ class Predictor:
             metrics.defects.labels(name, defect).inc()
         for in_band in answer.review or ():
             metrics.reviews.labels(name, in_band).inc()
+
+
+def _activation_weights(version: ModelVersion) -> np.ndarray | None:
+    """The class weights of a classifier's class activation maps ([C, K] float32), or None without them."""
+    spec = version.manifest.activation_map
+    if spec is None:
+        return None
+    path = version.path / spec.weights
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{version.manifest.ref}: cannot read the class activation weights {path}: {exc}") from exc
+    classes = len(version.manifest.classes)
+    if weights.ndim != 2 or weights.shape[0] != classes:
+        raise ValueError(f"{path}: the weights must be [{classes}, K] (one row per class), not {list(weights.shape)}")
+    return weights.astype(np.float32)

@@ -148,6 +148,9 @@ class InferenceSession:
     provider: str  # the execution provider that really runs the graph
     input_shape: tuple[int, ...]  # one image's input, without the batch axis
     input_dtype: np.dtype
+    # Outputs fetched only on request (a classifier's features, for heat maps): the graph computes
+    # them anyway, and a run that does not ask does not copy them out.
+    extra_output_names: list[str] = field(default_factory=list)
     rows_run: set[int] = field(default_factory=set)  # the batch sizes run so far (warm-up included)
 
     @cached_property
@@ -165,10 +168,12 @@ class InferenceSession:
                 return size
         raise ValueError(f"a batch of {images} images is over the largest batch size, {sizes[-1]}")
 
-    def run(self, batch: np.ndarray, images: int | None = None) -> list[np.ndarray]:
-        """Run a batch of `batch_rows(images)` rows; the outputs keep the first `images` rows only."""
+    def run(self, batch: np.ndarray, images: int | None = None, extra: bool = False) -> list[np.ndarray]:
+        """Run a batch of `batch_rows(images)` rows; the outputs keep the first `images` rows only.
+        `extra`: the extra outputs too, after the others."""
         session = self.sessions.get(0) or self.sessions[len(batch)]
-        outputs = session.run(self.output_names, {self.input_name: batch})
+        names = [*self.output_names, *self.extra_output_names] if extra else self.output_names
+        outputs = session.run(names, {self.input_name: batch})
         self.rows_run.add(len(batch))
         if images is None or images == len(batch):
             return outputs
@@ -194,6 +199,7 @@ def create_session(
     *,
     input_name: str,
     output_names: list[str],
+    extra_output_names: list[str] | None = None,
     batch_sizes: tuple[int, ...] | None = None,
     image_shape: tuple[int, ...] | None = None,
     smallest_image_shape: tuple[int, ...] | None = None,
@@ -216,7 +222,8 @@ def create_session(
     if [i.name for i in graph_inputs] != [input_name]:
         names = [i.name for i in graph_inputs]
         raise ValueError(f"{model_path}: graph inputs are {names}, manifest says [{input_name!r}]")
-    missing = [n for n in output_names if n not in graph_outputs]
+    extra_output_names = list(extra_output_names or [])
+    missing = [n for n in [*output_names, *extra_output_names] if n not in graph_outputs]
     if missing:
         raise ValueError(f"{model_path}: graph has no outputs {missing} (it has {graph_outputs})")
     shape, element = graph_inputs[0].shape, graph_inputs[0].type
@@ -263,7 +270,9 @@ def create_session(
         static = fixed and not dynamic_batch
         sessions = {0: make(None if static else ((low, *smallest), (high, *image_shape)))}
     active = {check_active_provider(runtime.provider, s.get_providers()) for s in sessions.values()}
-    return InferenceSession(sessions, input_name, output_names, active.pop(), image_shape, _ONNX_DTYPES[element])
+    return InferenceSession(
+        sessions, input_name, output_names, active.pop(), image_shape, _ONNX_DTYPES[element], extra_output_names
+    )
 
 
 _ONNX_DTYPES = {

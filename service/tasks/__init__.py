@@ -61,6 +61,7 @@ def parse_options(manifest: ModelManifest, given: Mapping[str, Any], what: str =
     except ValidationError as exc:
         raise InvalidParameters(validation_message(exc)) from None
     options.check(manifest)
+    options.choose_heatmap(HEADS[manifest.task].heatmap_methods(manifest))
     return options
 
 

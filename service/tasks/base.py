@@ -18,7 +18,7 @@ IoU), so that what reads the comparison need not know which task made it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Protocol
 
@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, ValidationError, model_validator
 
 from service.errors import InvalidParameters
+from service.heatmaps import AUTO, Heatmap, HeatmapMethod
 from service.manifest import ModelManifest, OutputDecoder, Task
 from service.pipeline.geometry import Geometry
 from service.tasks.decision import Decision, decide
@@ -67,6 +68,11 @@ class Answer(BaseModel):
         description="Defect classes in their review band (at or above their review threshold, below their reject "
         "threshold). Only in answers of models with review thresholds.",
         examples=[["porosity"]],
+    )
+    heatmap: Heatmap | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Where the evidence for one defect class lies on the frame; only in answers that ask (`heatmap`).",
     )
 
 
@@ -111,11 +117,25 @@ class PredictionOptions(BaseModel):
         examples=["crack:0.15"],
     )
     classes: str | None = Field(default=None, description="Report only these defect classes.", examples=["crack"])
+    heatmap: str | None = Field(
+        default=None,
+        description="Add a heat map of the evidence for one defect class to the answer: `auto` (the model's first "
+        "method), `cam` (class activation, classifiers exported with it), `occlusion` (classifiers; 49 more model "
+        "runs) or `scores` (segmenters' probabilities, detectors' grid scores). Off by default.",
+        examples=["auto"],
+    )
+    heatmap_class: str | None = Field(
+        default=None,
+        description="The defect class the heat map is of (implies `heatmap=auto` when that is not given); by "
+        "default the defect class scored highest.",
+        examples=["crack"],
+    )
 
-    # What the values mean for the model, set by `check`.
+    # What the values mean for the model, set by `check` and `choose_heatmap`.
     _overrides: dict[str, float] = PrivateAttr(default_factory=dict)
     _review_overrides: dict[str, float] = PrivateAttr(default_factory=dict)
     _class_filter: frozenset[str] | None = PrivateAttr(default=None)
+    _heatmap: HeatmapMethod | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -138,12 +158,40 @@ class PredictionOptions(BaseModel):
                 unknown_classes(class_filter, defect_classes, "classes")
             except ValueError as exc:
                 raise InvalidParameters(str(exc)) from None
+        if self.heatmap_class is not None and self.heatmap_class not in defect_classes:
+            raise InvalidParameters(
+                f"heatmap_class {self.heatmap_class!r} is not a defect class of {manifest.name} "
+                f"({', '.join(defect_classes)})"
+            )
         self._overrides, self._review_overrides, self._class_filter = overrides, review_overrides, class_filter
+
+    def choose_heatmap(self, methods: Sequence[HeatmapMethod]) -> None:
+        """Resolve the heat map asked for among the model's `methods` (its head's, the first for `auto`)."""
+        asked = self.heatmap or (AUTO if self.heatmap_class is not None else None)
+        if asked is None:
+            return
+        if not methods:
+            raise InvalidParameters("this model has no heat map: its graph gives boxes only, no grid of scores")
+        offered = [AUTO, *methods]
+        if asked not in offered:
+            raise InvalidParameters(f"heatmap must be one of {', '.join(offered)} for this model, not {asked!r}")
+        self._heatmap = methods[0] if asked == AUTO else HeatmapMethod(asked)
 
     @property
     def class_filter(self) -> frozenset[str] | None:
         """The defect classes this request reports, or None for all of them."""
         return self._class_filter
+
+    @property
+    def heatmap_method(self) -> HeatmapMethod | None:
+        """The heat map this request asks for, or None."""
+        return self._heatmap
+
+    def heatmap_candidates(self, manifest: ModelManifest) -> list[str]:
+        """The classes the heat map may be of: the one asked for, else the reported defect classes."""
+        if self.heatmap_class is not None:
+            return [self.heatmap_class]
+        return [c for c in manifest.defect_classes if self._class_filter is None or c in self._class_filter]
 
     def thresholds_for(self, active: ThresholdSet) -> ThresholdSet:
         """The set this request uses: the active one with its overrides on top. A reject threshold the
@@ -231,6 +279,7 @@ class TaskHead(Protocol):
     on_event_loop: ClassVar[bool]
     options: ClassVar[type[PredictionOptions]]
     answer: ClassVar[type[Answer]]
+    score_unit: ClassVar[str]  # what the values of its `scores` heat map are ("" where it has none)
 
     def postprocess(
         self,
@@ -241,6 +290,17 @@ class TaskHead(Protocol):
         options: PredictionOptions,
     ) -> Answer:
         """One image's model outputs -> its answer, with the accept/reject decision."""
+        ...
+
+    def heatmap_methods(self, manifest: ModelManifest) -> tuple[HeatmapMethod, ...]:
+        """The heat maps `manifest`'s model gives, its default first (`service.heatmaps`); () for none."""
+        ...
+
+    def score_map(
+        self, outputs: list[np.ndarray], manifest: ModelManifest, geometry: Geometry, candidates: list[str]
+    ) -> tuple[str, np.ndarray]:
+        """One image's outputs -> (the candidate class scored highest, its scores (h, w) on a grid tiling the
+        model input): the `scores` heat map, for the tasks that offer it."""
         ...
 
     def read_labels(self, names: list[str], files: SampleFiles, manifest: ModelManifest) -> list[LabelledImage]:

@@ -56,3 +56,11 @@ def test_each_protocols_request_carries_the_frame_as_the_service_reads_it():
     assert parsed.inputs[0].binary and parsed.inputs[0].data.tolist() == [frame]
     as_json = parse_infer_request(prepare("v2-json", "http://h", "m", frame).body, None, max_elements=10**6)
     assert base64.b64decode(as_json.inputs[0].data[0]) == frame and not as_json.inputs[0].binary
+
+
+def test_a_heatmap_variant_asks_every_answer_for_its_map_on_v1_only():
+    variant = Variant.parse("cam:heatmap=cam,model_store=/tmp/older")
+    assert variant.heatmap == "cam" and variant.env == {"INSPECTION_MODEL_STORE": "/tmp/older"}
+    assert prepare("v1", "http://h", "m", b"x", variant.heatmap).url == "http://h/v1/models/m/predict?heatmap=cam"
+    with pytest.raises(argparse.ArgumentTypeError, match="measured on /v1 only"):
+        Variant.parse("cam:heatmap=cam,protocol=v2-binary")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from service.heatmaps import HeatmapMethod
 from service.manifest import OutputDecoder, Task
 from service.tasks.segmentation import agreement, samples, tensors
 from service.tasks.segmentation.answer import SegmentationAnswer
 from service.tasks.segmentation.options import SegmentationOptions
-from service.tasks.segmentation.postprocess import postprocess_segmentation
+from service.tasks.segmentation.postprocess import class_probability, postprocess_segmentation
 
 
 class SegmentationHead:
@@ -18,11 +19,19 @@ class SegmentationHead:
     on_event_loop: ClassVar[bool] = False
     options: ClassVar[type[SegmentationOptions]] = SegmentationOptions
     answer: ClassVar[type[SegmentationAnswer]] = SegmentationAnswer
+    score_unit: ClassVar[str] = "probability"
 
     def postprocess(self, outputs, geometry, manifest, thresholds, options: SegmentationOptions) -> SegmentationAnswer:
         return postprocess_segmentation(
             outputs[0], geometry, manifest, thresholds, options.mask_format, options.class_filter
         )
+
+    def heatmap_methods(self, manifest) -> tuple[HeatmapMethod, ...]:  # see TaskHead
+        return (HeatmapMethod.SCORES,)
+
+    @staticmethod
+    def score_map(outputs, manifest, geometry, candidates):  # see TaskHead
+        return class_probability(outputs[0], manifest.classes, candidates)
 
     agreement = staticmethod(agreement.agreement)
     read_labels = staticmethod(samples.read_segmentation_labels)

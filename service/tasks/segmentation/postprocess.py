@@ -62,6 +62,15 @@ def best_pixel_per_class(logits: np.ndarray, probability: np.ndarray, classes: S
     return {name: float(best[k]) for k, name in enumerate(classes) if np.isfinite(best[k])}
 
 
+def class_probability(logits: np.ndarray, classes: Sequence[str], candidates: Sequence[str]) -> tuple[str, np.ndarray]:
+    """[C, h, w] logits -> (the candidate class with the highest probability anywhere, its probability (h, w)):
+    the `scores` heat map (`service.heatmaps`)."""
+    exp = np.exp(np.asarray(logits, dtype=np.float32) - logits.max(axis=0))
+    probability = exp[[classes.index(name) for name in candidates]] / exp.sum(axis=0)
+    best = int(np.argmax(probability.reshape(len(candidates), -1).max(axis=1)))
+    return candidates[best], probability[best]
+
+
 def connected_components(mask: np.ndarray) -> list[Component]:
     """8-connected regions of a boolean mask, largest first (ties in scan order)."""
     rows = np.flatnonzero(mask.any(axis=1))

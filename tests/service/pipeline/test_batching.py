@@ -15,11 +15,13 @@ class RecordingModel:
         self.batch_sizes: list[int] = []
         self.shapes: list[set[tuple[int, ...]]] = []  # the item shapes of each batch
         self.threads: set[str] = set()
+        self.extras: list[bool] = []  # whether each batch was asked for the extra outputs
         self._seconds = seconds_per_batch
         self._fail_when = fail_when
 
-    def __call__(self, items: list[np.ndarray]) -> list[list[np.ndarray]]:
+    def __call__(self, items: list[np.ndarray], extra: bool = False) -> list[list[np.ndarray]]:
         self.batch_sizes.append(len(items))
+        self.extras.append(extra)
         self.shapes.append({item.shape for item in items})
         self.threads.add(threading.current_thread().name)
         time.sleep(self._seconds)
@@ -98,7 +100,7 @@ def test_requests_whose_clients_gave_up_are_not_run():
 def test_batches_shrink_to_what_the_model_runs_within_the_time_budget():
     # 20 ms per image and a 50 ms budget: after the first batch, at most 2 images per batch.
     model = RecordingModel(seconds_per_batch=0.0)
-    slow = lambda items: (time.sleep(0.02 * len(items)), model(items))[1]  # noqa: E731
+    slow = lambda items, extra: (time.sleep(0.02 * len(items)), model(items))[1]  # noqa: E731
     batcher = MicroBatcher(slow, max_batch_size=8, window_s=0.0, max_batch_s=0.05, name="t")
 
     async def scenario():
@@ -152,7 +154,7 @@ def test_a_failure_outside_the_model_run_fails_its_batch_and_the_batcher_keeps_s
 def test_a_runner_returning_the_wrong_number_of_results_fails_its_batch_with_a_hint():
     calls: list[int] = []
 
-    def drops_one(items: list[np.ndarray]) -> list[list[np.ndarray]]:
+    def drops_one(items: list[np.ndarray], extra: bool) -> list[list[np.ndarray]]:
         calls.append(len(items))
         results = [[item * 2] for item in items]
         return results[:-1] if len(calls) == 1 else results
@@ -214,3 +216,18 @@ def test_a_request_of_another_size_starts_the_next_batch_before_later_requests()
     # The tall frame, held while the first batch filled with wide ones, goes before the last wide one.
     assert model.shapes == [{wide}, {tall}, {wide}]
     assert model.batch_sizes == [2, 1, 1]
+
+
+def test_a_batch_fetches_the_extra_outputs_only_when_one_of_its_requests_asks():
+    model = RecordingModel(seconds_per_batch=0.0)
+    batcher = MicroBatcher(model, max_batch_size=4, window_s=0.05, name="t")
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(4)))
+        await asyncio.gather(*(batcher.submit(np.array([i]), extra=i == 2) for i in range(4)))
+        await batcher.submit(np.array([9]))
+
+    asyncio.run(scenario())
+    batcher.close()
+    assert model.batch_sizes == [4, 4, 1]
+    assert model.extras == [False, True, False]
