@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from export.synthetic import encode_image, generate_weld
@@ -448,6 +449,40 @@ def test_a_segmenters_mask_is_painted_over_the_defect(console: Page, server, tmp
     assert inside / len(painted) > 0.7  # the paint lies on the drawn pores
 
 
+def test_a_frame_is_inspected_with_its_heat_map_painted_where_the_answer_puts_the_evidence(
+    console: Page, server, tmp_path
+):
+    sample = generate_weld(1003, 640, 480, label="porosity")
+    frame_path = tmp_path / "porosity.png"
+    frame_path.write_bytes(encode_image(sample.image, fmt="PNG"))
+    api = httpx.post(
+        f"{server.url}/v1/models/{CLASSIFIER}/predict",
+        params={"heatmap": "auto", "thresholds": "0"},
+        content=frame_path.read_bytes(),
+        headers={"content-type": "image/png"},
+    ).json()["heatmap"]
+    console.open(f"/models/{CLASSIFIER}/thresholds")
+    console.testid("active-revision").wait_for()
+    console.testid("inspect-file").set_input_files(str(frame_path))
+    console.testid("inspect-heatmap").check()
+    console.testid("inspect-run").click()
+    console.page.locator("[data-testid=inspect-active-heatmap][data-painted=true]").wait_for()
+    # The painted canvas: the map's PNG in the ramp's colours, most opaque at the answer's peak.
+    width, strongest, opacity = console.testid("inspect-active-heatmap").evaluate(
+        """canvas => { const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+           let top = 0; for (let i = 3; i < d.length; i += 4) top = Math.max(top, d[i]);
+           const at = []; for (let i = 3; i < d.length; i += 4) if (d[i] === top) at.push((i - 3) / 4);
+           return [canvas.width, at, top]; }"""
+    )
+    strongest = np.array(strongest)
+    assert width == 640 and opacity > 0
+    assert np.abs(strongest % width - api["peak_x"]).max() <= 64
+    assert np.abs(strongest // width - api["peak_y"]).max() <= 48
+    caption = console.text("inspect-active-heatmap-caption")
+    assert caption.startswith(f"Heat map of porosity (cam): full colour at {api['scale']} (class activation)")
+    console.screenshot("heatmap", tmp_path)
+
+
 def box_iou(a: dict, b: dict) -> float:
     w = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
     h = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
@@ -544,7 +579,7 @@ EXERCISED = {
     "token-button", "token-input", "token-save", "token-forget", "nav-models", "open-NAME",
     "sweep-file", "target-NAME", "sweep-run", "slider-NAME", "use-f1-NAME", "use-proposal-NAME",
     "use-active-NAME", "save-author", "save-reason", "save", "diff-from-N", "diff-to-N", "rollback-N",
-    "inspect-file", "inspect-run", "review-open", "live-open", "sweep-set",
+    "inspect-file", "inspect-run", "inspect-heatmap", "review-open", "live-open", "sweep-set",
     "sweep-miss-rate", "sweep-review-rate", "review-NAME",
 }  # fmt: skip
 

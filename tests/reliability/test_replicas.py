@@ -89,9 +89,13 @@ def test_readyz_is_503_while_draining_and_warming_up_while_livez_stays_200(repli
     assert draining and draining[-1].at - draining[0].at > DRAIN_DELAY_S / 2
     assert all(p.livez == 200 for p in draining)
     assert all(p.readyz_body["draining"] is True for p in draining)
-    warming = [p for p in probes if exited < p.at < ready and p.readyz == 503]
+    # Answered from the server process's first answer (a probe sent before it listened is refused) to the
+    # hand-over, when a connection just queued on its socket may be reset once (as in
+    # tests/reliability/test_server_processes.py): /livez 200 all along but within 0.5 s of readiness.
+    listening = next(p.at for p in probes if p.at > exited and p.livez is not None)
+    warming = [p for p in probes if listening <= p.at < ready and p.readyz == 503]
     assert warming, "nothing answered while the new server warmed up"
-    assert all(p.livez == 200 for p in warming)
+    assert all(p.livez == 200 for p in warming if p.at < ready - 0.5), [p for p in warming if p.livez != 200]
     # Warming up, then handing the port from the server process over to its warm workers.
     assert all(
         "warmed their models" in p.readyz_body["reason"] or "handing the port over" in p.readyz_body["reason"]

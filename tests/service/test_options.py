@@ -72,7 +72,8 @@ def test_one_value_sets_every_defect_class_and_equals_sign_reads_like_colon():
         ({"mask_format": "png"}, "^mask_format applies to segmentation models only$"),
         (
             {"threshold": "crack:0.3"},
-            "unknown parameters \\['threshold'\\]; accepted: thresholds, review_thresholds, classes$",
+            "unknown parameters \\['threshold'\\]; accepted: thresholds, review_thresholds, classes, heatmap, "
+            "heatmap_class$",
         ),
     ],
 )
@@ -84,7 +85,7 @@ def test_unknown_names_are_listed_with_the_accepted_ones_in_the_words_of_their_s
     refused = refusal(detector_manifest(), {"zoom": "2", "bogus": "1"}, what="query parameters")
     assert refused.message == (
         "unknown query parameters ['bogus', 'zoom']; "
-        "accepted: thresholds, review_thresholds, classes, nms_iou, max_detections"
+        "accepted: thresholds, review_thresholds, classes, heatmap, heatmap_class, nms_iou, max_detections"
     )
 
 

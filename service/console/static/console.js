@@ -393,6 +393,41 @@ function outcome(task, truth, answer, thresholds) {
 
 // A frame with what its answer shows at `thresholds`: boxes (dashed: labelled), masks, or class scores;
 // the decision, and which class crossed which threshold.
+// The colour ramp `python -m service.heatmaps` draws heat maps with (service/heatmaps.py), dark to bright,
+// as a table of 256 colours.
+const RAMP = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]];
+const RAMP_LUT = Array.from({ length: 256 }, (_, v) => {
+  const x = (v / 255) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(x), RAMP.length - 2);
+  return RAMP[i].map((c, k) => Math.round(c + (RAMP[i + 1][k] - c) * (x - i)));
+});
+
+// An answer's heat map (its 8-bit PNG at the frame's size) painted over the frame: the ramp's colour of
+// each pixel's intensity, opaque in proportion (60% at full evidence).
+function heatmapCanvas(testid, heatmap, shownWidth, shownHeight) {
+  const canvas = el("canvas", { width: heatmap.width, height: heatmap.height, class: "masks", testid: `${testid}-heatmap` });
+  canvas.style.width = `${shownWidth}px`;
+  canvas.style.height = `${shownHeight}px`;
+  const image = new Image();
+  image.addEventListener("load", () => {
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const pixels = context.getImageData(0, 0, heatmap.width, heatmap.height);
+    const data = pixels.data;
+    for (let i = 0; i < data.length; i += 4) {
+      const [r, g, b] = RAMP_LUT[data[i]];
+      data[i + 3] = Math.round(data[i] * 0.6);
+      data[i] = r;
+      data[i + 1] = g;
+      data[i + 2] = b;
+    }
+    context.putImageData(pixels, 0, 0);
+    canvas.dataset.painted = "true";
+  });
+  image.src = `data:image/png;base64,${heatmap.png}`;
+  return canvas;
+}
+
 function frameView(testid, title, url, task, classes, truth, answer, thresholds) {
   const seen = outcome(task, truth, answer, thresholds);
   const { width, height } = answer.image;
@@ -430,6 +465,8 @@ function frameView(testid, title, url, task, classes, truth, answer, thresholds)
     context.putImageData(pixels, 0, 0);
     stage.append(canvas);
   }
+  const heatmap = answer.heatmap;
+  if (heatmap) stage.append(heatmapCanvas(testid, heatmap, shownWidth, shownHeight));
   const rows = Object.entries(thresholds).map(([name, threshold]) =>
     el(
       "tr",
@@ -446,6 +483,14 @@ function frameView(testid, title, url, task, classes, truth, answer, thresholds)
     el("h3", {}, title),
     stage,
     el("p", { testid: `${testid}-decision` }, `${seen.decision}`, seen.crossed.size ? `: ${[...seen.crossed].join(", ")}` : ""),
+    heatmap
+      ? el(
+          "p",
+          { testid: `${testid}-heatmap-caption` },
+          `Heat map of ${heatmap.class_name} (${heatmap.method}): full colour at ${heatmap.scale} (${heatmap.unit}); `
+            + `peak ${fixed(heatmap.peak, 3)} at (${heatmap.peak_x}, ${heatmap.peak_y})`,
+        )
+      : null,
     el("table", {}, el("tr", {}, ["class", "score", "threshold", ""].map((t) => el("th", {}, t))), rows),
   );
 }
@@ -586,6 +631,7 @@ async function thresholdsPage(name) {
   // Inspecting one frame: its answer with every threshold at 0, shown at the active and the proposed thresholds.
   const inspectFile = el("input", { type: "file", accept: "image/*", testid: "inspect-file" });
   const inspectRun = el("button", { type: "button", testid: "inspect-run" }, "Inspect");
+  const inspectHeatmap = el("input", { type: "checkbox", testid: "inspect-heatmap" });
   const inspected = el("div", { class: "cards", testid: "inspected" });
   const inspectMessage = el("div", { testid: "inspect-message" });
   inspectRun.addEventListener("click", async () => {
@@ -596,7 +642,8 @@ async function thresholdsPage(name) {
     const frame = inspectFile.files[0];
     const zeros = defectClasses.map((c) => `${c}:0`).join(",");
     try {
-      const answer = await api(`${path}/predict?thresholds=${encodeURIComponent(zeros)}`, {
+      const asked = inspectHeatmap.checked ? "&heatmap=auto" : "";
+      const answer = await api(`${path}/predict?thresholds=${encodeURIComponent(zeros)}${asked}`, {
         method: "POST",
         body: frame,
         contentType: frame.type || "application/octet-stream",
@@ -614,7 +661,7 @@ async function thresholdsPage(name) {
   });
   main.append(
     el("h2", {}, "Inspect a frame"),
-    el("div", { class: "row" }, inspectFile, inspectRun),
+    el("div", { class: "row" }, inspectFile, el("label", {}, inspectHeatmap, " heat map"), inspectRun),
     inspectMessage,
     inspected,
   );

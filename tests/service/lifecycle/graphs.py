@@ -45,7 +45,7 @@ def drop_a_class(graph: onnx.GraphProto, logits: str) -> None:
     for name, value in (("starts", [0]), ("ends", [3]), ("axes", [1])):
         graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
     graph.node.append(helper.make_node("Slice", [logits, "starts", "ends", "axes"], ["logits"]))
-    (output,) = graph.output
+    output = next(output for output in graph.output if output.name == "logits")
     output.type.tensor_type.shape.dim[1].dim_param = "classes"
 
 
