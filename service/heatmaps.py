@@ -16,9 +16,13 @@ on the frame. The methods, and what their values are:
   detector's class scores on its grid of cells (strides 8, 16, 32: the largest over the levels
   covering a point). 0..1. A torchvision detector's graph keeps no grid: it has no heat map.
 
-Every map is drawn at the frame's size (bilinear, over the part of the model input that holds the
-frame) as an 8-bit grayscale PNG: intensity `round(255 * min(max(value, 0) / scale, 1))`, with one
-`scale` per method and model, so that the same intensity means the same evidence on every frame.
+Every map is drawn over the whole frame (bilinear between the cells' centres, over the part of the
+model input that holds the frame) as an 8-bit grayscale PNG: intensity
+`round(255 * min(max(value, 0) / scale, 1))`, with one `scale` per method and model, so that the same
+intensity means the same evidence on every frame. The PNG is the frame's size divided by the
+smallest whole `downscale` that brings its long side to at most 512 pixels (a 640x480 frame: 320x240,
+each PNG pixel 2x2 frame pixels; 2448x2048: 490x410, 5x5): a map has no detail finer than its cells,
+and a frame-sized PNG of a 5 MP frame would cost 100 ms and 600 kB an answer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import base64
 import io
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +58,8 @@ class HeatmapMethod(StrEnum):
 OCCLUSION_CELLS = 8
 OCCLUSION_PATCH = 2
 OCCLUSION_RUNS = (OCCLUSION_CELLS - OCCLUSION_PATCH + 1) ** 2
+# The longest side of a heat map's PNG, at most.
+MAX_SIDE = 512
 
 
 class Heatmap(BaseModel):
@@ -69,9 +76,13 @@ class Heatmap(BaseModel):
     peak_x: int = Field(description="Frame column of the peak (the centre of its cell).")
     peak_y: int = Field(description="Frame row of the peak.")
     runs: int = Field(description="Model runs the map took besides the answer's own (occlusion: 49).")
-    width: int = Field(description="The PNG's width: the frame's.")
-    height: int = Field(description="The PNG's height: the frame's.")
-    png: str = Field(description="Base64 of an 8-bit grayscale PNG, the frame's size.")
+    downscale: int = Field(
+        description="Each PNG pixel covers downscale x downscale frame pixels, from the frame's top left "
+        "corner: the PNG is the frame's size divided by it, rounded up."
+    )
+    width: int = Field(description="The PNG's width.")
+    height: int = Field(description="The PNG's height.")
+    png: str = Field(description="Base64 of an 8-bit grayscale PNG over the whole frame.")
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,23 @@ def render(
     scale: float,
     runs: int = 0,
 ) -> Heatmap:
-    """`grid` drawn over the frame: bilinear from the cells' centres, at the frame's size, 8-bit on `scale`."""
-    width, height = geometry.original_width, geometry.original_height
-    image = Image.fromarray(np.ascontiguousarray(grid.values, dtype=np.float32))
-    drawn = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=grid.box))
+    """`grid` drawn over the frame: bilinear from the cells' centres, 8-bit on `scale`, at the frame's size
+    divided by `downscale_for` it."""
+    downscale = downscale_for(geometry.original_width, geometry.original_height)
+    width, height = -(-geometry.original_width // downscale), -(-geometry.original_height // downscale)
+    # The PNG covers width * downscale frame pixels, up to downscale - 1 past the frame's edge.
+    x0, y0, x1, y1 = grid.box
+    box = (
+        x0,
+        y0,
+        x0 + (x1 - x0) * width * downscale / geometry.original_width,
+        y0 + (y1 - y0) * height * downscale / geometry.original_height,
+    )
+    # The edge's cells again, as many as the part past the frame's edge needs (Pillow's box stays on its image).
+    rows, cols = grid.values.shape
+    pad = ((0, max(0, math.ceil(box[3] - rows))), (0, max(0, math.ceil(box[2] - cols))))
+    values = np.pad(np.asarray(grid.values, dtype=np.float32), pad, mode="edge")
+    drawn = np.asarray(Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR, box=box))
     intensity = np.rint(np.clip(drawn / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(intensity).save(buffer, format="PNG", compress_level=1)
@@ -134,10 +158,16 @@ def render(
         peak_x=peak_x,
         peak_y=peak_y,
         runs=runs,
+        downscale=downscale,
         width=width,
         height=height,
         png=base64.b64encode(buffer.getvalue()).decode("ascii"),
     )
+
+
+def downscale_for(width: int, height: int) -> int:
+    """The smallest whole factor that brings a frame's long side to at most `MAX_SIDE`."""
+    return max(1, -(-max(width, height) // MAX_SIDE))
 
 
 def decode_png(heatmap: Heatmap) -> np.ndarray:
@@ -204,11 +234,18 @@ LUT = np.stack([np.interp(_STEPS, np.arange(len(_RAMP)), _RAMP[:, c]) for c in r
 
 
 def overlay(frame: Image.Image, heatmap: Heatmap, opacity: float = 0.6) -> Image.Image:
-    """`heatmap` drawn over `frame` (the frame it was computed on): each pixel's colour from the ramp, its
-    opacity in proportion to its intensity, and a ring around the peak."""
-    intensity = decode_png(heatmap)
-    if intensity.shape != (frame.height, frame.width):
-        raise ValueError(f"the map is {heatmap.width}x{heatmap.height}, the frame {frame.width}x{frame.height}")
+    """`heatmap` drawn over `frame` (the frame it was computed on): each pixel's colour from the ramp (the
+    map enlarged by its downscale, bilinear), its opacity in proportion to its intensity, and a ring
+    around the peak."""
+    k = heatmap.downscale
+    if (-(-frame.width // k), -(-frame.height // k)) != (heatmap.width, heatmap.height):
+        raise ValueError(
+            f"the map is {heatmap.width}x{heatmap.height} at 1/{k}, the frame {frame.width}x{frame.height}"
+        )
+    enlarged = Image.fromarray(decode_png(heatmap)).resize(
+        (heatmap.width * k, heatmap.height * k), Image.Resampling.BILINEAR
+    )
+    intensity = np.asarray(enlarged)[: frame.height, : frame.width]
     base = np.asarray(frame.convert("RGB"), dtype=np.float32)
     alpha = (intensity.astype(np.float32) / 255.0 * opacity)[:, :, None]
     blended = Image.fromarray(np.rint(base * (1 - alpha) + LUT[intensity] * alpha).astype(np.uint8))

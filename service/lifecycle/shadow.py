@@ -257,7 +257,7 @@ class ShadowRun:
         if prepared.spec != self._manifest.input:  # the active version takes another input
             prepared = await self.candidate.prepare(frame, lambda _: prepared.active)
         started = time.perf_counter()
-        answer = await self.candidate.finish(prepared, options, observe=False)
+        answer = await self.candidate.finish(prepared, options, observe=False, with_heatmap=False)
         return answer, time.perf_counter() - started
 
     def _failed(self, exc: BaseException, seconds: float) -> None:

@@ -105,10 +105,13 @@ class Predictor:
         """Decode and preprocess, in a decode thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, frame, active)
 
-    async def finish(self, prepared: PreparedImage, options: PredictionOptions, observe: bool = True) -> Answer:
+    async def finish(
+        self, prepared: PreparedImage, options: PredictionOptions, observe: bool = True, with_heatmap: bool = True
+    ) -> Answer:
         """Batch, infer and post-process a prepared image (one this version prepared, or another
-        version of the same input); `observe`: into the request metrics (a shadow run's are not)."""
-        heatmap = options.heatmap_method
+        version of the same input); `observe`: into the request metrics, and `with_heatmap`: with the heat map
+        the request asks for (a shadow run's candidate does neither)."""
+        heatmap = options.heatmap_method if with_heatmap else None
         batched = await self._batcher.submit(prepared.tensor, extra=heatmap is HeatmapMethod.CAM)
         thresholds = options.thresholds_for(prepared.active)
         started = time.perf_counter()

@@ -474,10 +474,10 @@ def test_a_frame_is_inspected_with_its_heat_map_painted_where_the_answer_puts_th
            const at = []; for (let i = 3; i < d.length; i += 4) if (d[i] === top) at.push((i - 3) / 4);
            return [canvas.width, at, top]; }"""
     )
-    strongest = np.array(strongest)
-    assert width == 640 and opacity > 0
-    assert np.abs(strongest % width - api["peak_x"]).max() <= 64
-    assert np.abs(strongest // width - api["peak_y"]).max() <= 48
+    strongest = np.array(strongest)  # canvas pixels: the PNG's, 2x2 frame pixels each
+    assert width == api["width"] == 320 and api["downscale"] == 2 and opacity > 0
+    assert np.abs(2 * (strongest % width) - api["peak_x"]).max() <= 64
+    assert np.abs(2 * (strongest // width) - api["peak_y"]).max() <= 48
     caption = console.text("inspect-active-heatmap-caption")
     assert caption.startswith(f"Heat map of porosity (cam): full colour at {api['scale']} (class activation)")
     console.screenshot("heatmap", tmp_path)

@@ -115,8 +115,10 @@ def test_the_served_activation_map_is_the_pytorch_model_s(served, name):
             int((col + 0.5) / cols * FRAME[0]),
             int((row + 0.5) / rows * FRAME[1]),
         )
-        # The PNG: the map drawn bilinearly over the frame, on the export's scale.
-        drawn = np.asarray(Image.fromarray(expected).resize(FRAME, Image.Resampling.BILINEAR, box=(0, 0, cols, rows)))
+        # The PNG: the map drawn bilinearly over the frame at half its size, on the export's scale.
+        assert (heatmap["downscale"], heatmap["width"], heatmap["height"]) == (2, 320, 240)
+        image = Image.fromarray(expected)
+        drawn = np.asarray(image.resize((320, 240), Image.Resampling.BILINEAR, box=(0, 0, cols, rows)))
         intensity = np.rint(np.clip(drawn / manifest.activation_map.scale, 0, 1) * 255)
         served_pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(heatmap["png"]))))
         assert np.abs(served_pixels.astype(int) - intensity).max() <= 1

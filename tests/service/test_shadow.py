@@ -44,10 +44,10 @@ class Client:
         self.url = url
         self.http = httpx.Client(base_url=url, timeout=60)
 
-    def predict(self, frame: bytes) -> tuple[dict, float]:
+    def predict(self, frame: bytes, **params: str) -> tuple[dict, float]:
         started = time.perf_counter()
         answer = self.http.post(
-            f"/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
+            f"/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}, params=params
         )
         assert answer.status_code == 200, answer.text
         return answer.json(), time.perf_counter() - started
@@ -153,8 +153,10 @@ def test_kept_frames_hold_the_image_and_both_answers(store, tmp_path):
     with running_server(tmp_path, model_store=store, models=f"{CLASSIFIER}:1", admin_token=TOKEN) as server:
         client = Client(server.url)
         client.change("/shadow", version=3, share=1.0, keep_frames=2)
-        answers = [client.predict(frame)[0] for frame in sent]
-        client.report(len(sent))
+        # The cameras ask for heat maps: the active answers carry them, the candidate makes none.
+        answers = [client.predict(frame, heatmap="cam")[0] for frame in sent]
+        assert all(answer["heatmap"]["method"] == "cam" for answer in answers)
+        assert client.report(len(sent))["failed"] == 0
         listed = client.http.get(f"/v1/models/{CLASSIFIER}/shadow/frames").json()
         assert len(listed["frames"]) == 2 and listed["next_after"] is None
         for kept in listed["frames"]:
@@ -164,7 +166,7 @@ def test_kept_frames_hold_the_image_and_both_answers(store, tmp_path):
             assert kept["active"] == answers[index]
             label, defects = expected_candidate(answers[index])
             assert (kept["candidate"]["label"], set(kept["candidate"]["defects"])) == (label, defects)
-            assert kept["candidate"]["model_version"] == 3
+            assert kept["candidate"]["model_version"] == 3 and "heatmap" not in kept["candidate"]
             assert not all(c["decision"] and c["label"] for c in kept["classes"].values())
         assert client.http.get(f"/v1/models/{CLASSIFIER}/shadow/frames/999999").status_code == 404
 

@@ -404,10 +404,11 @@ const RAMP_LUT = Array.from({ length: 256 }, (_, v) => {
 
 // An answer's heat map (its 8-bit PNG at the frame's size) painted over the frame: the ramp's colour of
 // each pixel's intensity, opaque in proportion (60% at full evidence).
-function heatmapCanvas(testid, heatmap, shownWidth, shownHeight) {
+// Its pixels are `downscale` frame pixels wide, from the top left; `shown` is screen pixels per frame pixel.
+function heatmapCanvas(testid, heatmap, shown) {
   const canvas = el("canvas", { width: heatmap.width, height: heatmap.height, class: "masks", testid: `${testid}-heatmap` });
-  canvas.style.width = `${shownWidth}px`;
-  canvas.style.height = `${shownHeight}px`;
+  canvas.style.width = `${heatmap.width * heatmap.downscale * shown}px`;
+  canvas.style.height = `${heatmap.height * heatmap.downscale * shown}px`;
   const image = new Image();
   image.addEventListener("load", () => {
     const context = canvas.getContext("2d");
@@ -466,7 +467,7 @@ function frameView(testid, title, url, task, classes, truth, answer, thresholds)
     stage.append(canvas);
   }
   const heatmap = answer.heatmap;
-  if (heatmap) stage.append(heatmapCanvas(testid, heatmap, shownWidth, shownHeight));
+  if (heatmap) stage.append(heatmapCanvas(testid, heatmap, scale));
   const rows = Object.entries(thresholds).map(([name, threshold]) =>
     el(
       "tr",

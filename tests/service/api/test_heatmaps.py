@@ -61,18 +61,20 @@ def test_the_map_peaks_on_the_defect(server, model, method):
             assert (heatmap["class_name"], heatmap["method"], heatmap["width"], heatmap["height"]) == (
                 defect,
                 method,
-                640,
-                480,
+                320,
+                240,
             )
+            k = heatmap["downscale"]
+            assert k == 2
             assert heatmap["runs"] == (49 if method == "occlusion" else 0)
             pixels = _intensities(heatmap)
-            assert pixels.shape == (480, 640) and pixels.dtype == np.uint8
+            assert pixels.shape == (240, 320) and pixels.dtype == np.uint8
             # The PNG is the map at the stated scale, drawn between the cells' centres: nothing brighter
             # than the peak's intensity, and the peak drawn bright (less than its intensity where no
             # pixel's centre is the peak cell's).
             expected = round(255 * min(max(heatmap["peak"], 0.0) / heatmap["scale"], 1.0))
             assert pixels.max() <= expected
-            assert pixels[heatmap["peak_y"], heatmap["peak_x"]] >= 0.6 * expected
+            assert pixels[heatmap["peak_y"] // k, heatmap["peak_x"] // k] >= 0.6 * expected
             hits += _inside(heatmap["peak_x"], heatmap["peak_y"], sample.boxes, margin)
         assert hits >= 12, f"{model} {method}: the {defect} map peaked on the defect on {hits} of {FRAMES} frames"
 
