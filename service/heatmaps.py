@@ -233,10 +233,11 @@ _STEPS = np.linspace(0, len(_RAMP) - 1, 256)
 LUT = np.stack([np.interp(_STEPS, np.arange(len(_RAMP)), _RAMP[:, c]) for c in range(3)], axis=1).astype(np.uint8)
 
 
-def overlay(frame: Image.Image, heatmap: Heatmap, opacity: float = 0.6) -> Image.Image:
+def overlay(frame: Image.Image, heatmap: Heatmap, opacity: float = 0.6, full: float | None = None) -> Image.Image:
     """`heatmap` drawn over `frame` (the frame it was computed on): each pixel's colour from the ramp (the
     map enlarged by its downscale, bilinear), its opacity in proportion to its intensity, and a ring
-    around the peak."""
+    around the peak. `full`: the value drawn in full colour instead of the map's `scale` (weak evidence
+    made visible on one frame, no longer comparable with another's)."""
     k = heatmap.downscale
     if (-(-frame.width // k), -(-frame.height // k)) != (heatmap.width, heatmap.height):
         raise ValueError(
@@ -246,6 +247,8 @@ def overlay(frame: Image.Image, heatmap: Heatmap, opacity: float = 0.6) -> Image
         (heatmap.width * k, heatmap.height * k), Image.Resampling.BILINEAR
     )
     intensity = np.asarray(enlarged)[: frame.height, : frame.width]
+    if full is not None:
+        intensity = np.clip(np.rint(intensity * (heatmap.scale / full)), 0, 255).astype(np.uint8)
     base = np.asarray(frame.convert("RGB"), dtype=np.float32)
     alpha = (intensity.astype(np.float32) / 255.0 * opacity)[:, :, None]
     blended = Image.fromarray(np.rint(base * (1 - alpha) + LUT[intensity] * alpha).astype(np.uint8))
@@ -262,16 +265,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("answer", type=Path, help="the answer, as JSON, asked with ?heatmap=...")
     parser.add_argument("out", type=Path, help="the picture to write (PNG)")
     parser.add_argument("--opacity", type=float, default=0.6, help="opacity of the strongest evidence (0..1)")
+    parser.add_argument(
+        "--full",
+        metavar="VALUE|peak",
+        help="draw this value (or the frame's peak) in full colour instead of the map's scale: weak evidence "
+        "made visible, its colours no longer comparable with another frame's",
+    )
     args = parser.parse_args(argv)
     answer = json.loads(args.answer.read_text())
     if "heatmap" not in answer:
         parser.error(f"{args.answer} has no heat map: ask with ?heatmap=auto")
     heatmap = Heatmap.model_validate(answer["heatmap"])
+    full = None
+    if args.full is not None:
+        full = heatmap.peak if args.full == "peak" else float(args.full)
+        if not full > 0:
+            parser.error(f"--full must be above 0 (the frame's peak is {heatmap.peak:.3g})")
     with Image.open(args.frame) as frame:
-        overlay(ImageOps.exif_transpose(frame), heatmap, args.opacity).save(args.out)
+        overlay(ImageOps.exif_transpose(frame), heatmap, args.opacity, full).save(args.out)
+    drawn = f"{heatmap.scale:g}" if full is None else f"{full:.3g}, not the model's {heatmap.scale:g}"
     print(
         f"{args.out}: {heatmap.class_name} by {heatmap.method}, peak {heatmap.peak:.3g} at "
-        f"({heatmap.peak_x}, {heatmap.peak_y}); full colour at {heatmap.scale:g} ({heatmap.unit})"
+        f"({heatmap.peak_x}, {heatmap.peak_y}); full colour at {drawn} ({heatmap.unit})"
     )
     return 0
 

@@ -232,3 +232,29 @@ def test_a_map_is_drawn_over_its_frame_where_it_is_strong_only(tmp_path, capsys)
     with pytest.raises(SystemExit):
         heatmap_cli([str(tmp_path / p) for p in ("frame.png", "plain.json", "out.png")])
     assert "has no heat map: ask with ?heatmap=auto" in capsys.readouterr().err
+
+
+def test_weak_evidence_can_be_drawn_in_full_colour_at_the_frame_s_peak(tmp_path, capsys):
+    geometry = Geometry.stretch((64, 64), (64, 64))
+    values = np.full((8, 8), 0.5, dtype=np.float32)  # a tenth of the scale: intensity 26 of 255
+    heatmap = render(
+        EvidenceGrid.over_input(values, geometry),
+        geometry,
+        class_name="crack",
+        method=HeatmapMethod.CAM,
+        unit="class activation",
+        scale=5.0,
+    )
+    frame = Image.fromarray(np.zeros((64, 64), dtype=np.uint8))
+    faint, full = (np.asarray(overlay(frame, heatmap, opacity=1.0, full=f)) for f in (None, 0.5))
+    # Over black, at full opacity (away from the ring around the peak): the ramp's colour times the
+    # intensity's share of 255.
+    assert (faint[60, 60] == np.rint(LUT[26].astype(float) * 26 / 255)).all() and (full[60, 60] == LUT[255]).all()
+    frame.save(tmp_path / "frame.png")
+    (tmp_path / "answer.json").write_text(json.dumps({"heatmap": heatmap.model_dump(mode="json")}))
+    paths = [str(tmp_path / p) for p in ("frame.png", "answer.json", "out.png")]
+    assert heatmap_cli([*paths, "--full", "peak"]) == 0
+    assert "full colour at 0.5, not the model's 5 (class activation)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        heatmap_cli([*paths, "--full", "0"])
+    assert "--full must be above 0" in capsys.readouterr().err
