@@ -63,7 +63,7 @@ MAX_SIDE = 512
 
 
 class Heatmap(BaseModel):
-    """One class's evidence over the frame, as an 8-bit PNG at the frame's size, with its scale."""
+    """One class's evidence over the frame, as an 8-bit PNG, with its scale and its peak."""
 
     class_name: str = Field(description="The class the map is of.", examples=["crack"])
     method: HeatmapMethod = Field(description="cam, occlusion or scores (see the unit).")
@@ -101,21 +101,29 @@ class EvidenceGrid:
         return cls(np.asarray(values, dtype=np.float32), (x0 * sx, y0 * sy, x1 * sx, y1 * sy))
 
     def peak(self, geometry: Geometry) -> tuple[float, int, int]:
-        """The largest value among the cells whose centre lies on the frame, and that centre in frame pixels."""
+        """The largest value among the cells that lie on the frame, and that cell's centre in frame pixels
+        (on the frame's edge where the centre is past it)."""
         x0, y0, x1, y1 = self.box
         rows, cols = self.values.shape
         xs, ys = np.arange(cols) + 0.5, np.arange(rows) + 0.5
-        inside_x = (xs > x0) & (xs < x1)
-        inside_y = (ys > y0) & (ys < y1)
-        values = np.where(inside_y[:, None] & inside_x[None, :], self.values, -np.inf)
+        # A cell whose centre lies on the frame; where none does (a frame thinner than a cell), any it overlaps.
+        on_x = _on(xs, x0, x1)
+        on_y = _on(ys, y0, y1)
+        values = np.where(on_y[:, None] & on_x[None, :], self.values, -np.inf)
         row, col = np.unravel_index(int(np.argmax(values)), values.shape)
         frame_x = (xs[col] - x0) / (x1 - x0) * geometry.original_width
         frame_y = (ys[row] - y0) / (y1 - y0) * geometry.original_height
         return (
             float(values[row, col]),
-            min(int(frame_x), geometry.original_width - 1),
-            min(int(frame_y), geometry.original_height - 1),
+            min(max(int(frame_x), 0), geometry.original_width - 1),
+            min(max(int(frame_y), 0), geometry.original_height - 1),
         )
+
+
+def _on(centres: np.ndarray, start: float, stop: float) -> np.ndarray:
+    """The cells (by their centres, one cell apart) on [start, stop): centre inside, else overlapping."""
+    inside = (centres > start) & (centres < stop)
+    return inside if inside.any() else (centres + 0.5 > start) & (centres - 0.5 < stop)
 
 
 def render(

@@ -258,3 +258,16 @@ def test_weak_evidence_can_be_drawn_in_full_colour_at_the_frame_s_peak(tmp_path,
     with pytest.raises(SystemExit):
         heatmap_cli([*paths, "--full", "0"])
     assert "--full must be above 0" in capsys.readouterr().err
+
+
+def test_a_frame_thinner_than_a_cell_still_has_its_peak_on_it():
+    # 6000x100 letterboxed into 160x160: the content is 3 input rows, inside one 16-pixel cell row
+    # whose centre lies off it.
+    geometry = Geometry.letterbox((6000, 100), (160, 160))
+    values = np.zeros((10, 10), dtype=np.float32)
+    values[4, 7] = 0.7
+    values[0, 0] = 0.9  # padding
+    heatmap = _draw(values, geometry)
+    assert heatmap.peak == pytest.approx(0.7) and 0 <= heatmap.peak_y < 100
+    assert heatmap.peak_x == int((7.5 * 16 - 0) / 160 * 6000)
+    assert decode_png(heatmap).shape == (heatmap.height, heatmap.width) == (9, 500)
