@@ -214,6 +214,11 @@ def export_model(
     if activation is not None:
         wrapped, names = activation, [*names, FEATURES_OUTPUT]
         expected = [_run_torch(wrapped, batch) for batch in batches]
+    elif request.heatmap_scale is not None:
+        raise ExportError(
+            "a heat map scale is for classifiers with class activation maps (the project's, torchvision's "
+            "ResNets); this model gets none: the service gives it occlusion maps, on a scale of their own"
+        )
 
     if detector:
         graph = _export_torchscript(wrapped, batches[0], names)

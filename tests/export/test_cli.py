@@ -469,6 +469,24 @@ def _refusals() -> list[tuple[list[object], str]]:
             ],
             r"resnet18\.pt holds weights \(a dict\), not a saved module: give its architecture with --arch",
         ),
+        (
+            [
+                *module,
+                "--checkpoint",
+                "{ckpt}/segmenter-module.pt",
+                "--name",
+                "s",
+                "--task",
+                "segmentation",
+                "--classes",
+                "background,porosity,crack,undercut",
+                "--background-class",
+                "background",
+                "--heatmap-scale",
+                "2",
+            ],
+            r"a heat map scale is for classifiers with class activation maps .*this model gets none",
+        ),
     ]
 
 
