@@ -13,9 +13,13 @@ Found for:
   maps weigh the features with the maximum's weights, the half of the head that carries a small
   defect's evidence (with the average's weights added, the peak missed the defect more often on the
   demo's test frames);
-- torchvision's ResNet family (resnet*, resnext*, wide_resnet*), fed gray frames or RGB.
+- torchvision's classifiers whose head is average pooling then one linear layer (after dropout):
+  ResNet (resnet*, resnext*, wide_resnet*), EfficientNet (v1 and v2), MobileNetV2, RegNet, DenseNet,
+  ShuffleNetV2; fed gray frames or RGB. Not MobileNetV3, ConvNeXt, VGG and the like, whose heads are
+  more than a weighted sum of the pooled features.
 
-Any other classifier exports as before, without them; the service then offers occlusion maps.
+Any other classifier exports as before, without them; the service then offers occlusion maps. The
+export uses the split only where it gives exactly the model's own logits.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import ResNet
+from torch.nn import functional as F
+from torchvision.models import DenseNet, EfficientNet, MobileNetV2, RegNet, ResNet, ShuffleNetV2
 
 from .architectures import WeldClassifier
 from .registry import GrayAsRgb
@@ -54,27 +59,50 @@ def activation_parts(model: nn.Module) -> ActivationParts | None:
     if isinstance(model, WeldClassifier):
         channels = model.head.in_features // 2
         return ActivationParts(model.features, model.classify, model.head.weight.detach()[:, channels:])
-    if type(model) is ResNet:  # a subclass may have changed forward
-        return ActivationParts(_resnet_features(model), _resnet_classify(model), model.fc.weight.detach())
-    return None
-
-
-def _resnet_features(model: ResNet) -> Callable[[torch.Tensor], torch.Tensor]:
-    stages = (model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4)
+    split = _torchvision_split(model)
+    if split is None:
+        return None
+    stages, head = split
+    linear = _linear(head)
+    if linear is None:  # a head with more than one layer (MobileNetV3's): not a weighted sum of the features
+        return None
 
     def features(images: torch.Tensor) -> torch.Tensor:
         for stage in stages:
             images = stage(images)
         return images
 
-    return features
-
-
-def _resnet_classify(model: ResNet) -> Callable[[torch.Tensor], torch.Tensor]:
     def classify(features: torch.Tensor) -> torch.Tensor:
-        return model.fc(torch.flatten(model.avgpool(features), 1))
+        return head(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
 
-    return classify
+    return ActivationParts(features, classify, linear.weight.detach())
+
+
+def _torchvision_split(model: nn.Module) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], nn.Module] | None:
+    """A torchvision classifier's stages up to its last features, and its head after average pooling,
+    as its own forward runs them; None for any other model (a subclass may have changed forward)."""
+    kind = type(model)
+    if kind is ResNet:
+        body = [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3]
+        return [*body, model.layer4], model.fc
+    if kind in (EfficientNet, MobileNetV2):
+        return [model.features], model.classifier
+    if kind is RegNet:
+        return [model.stem, model.trunk_output], model.fc
+    if kind is DenseNet:
+        return [model.features, F.relu], model.classifier
+    if kind is ShuffleNetV2:
+        return [model.conv1, model.maxpool, model.stage2, model.stage3, model.stage4, model.conv5], model.fc
+    return None
+
+
+def _linear(head: nn.Module) -> nn.Linear | None:
+    """The one linear layer of a head that is only that (after dropout, a no-op at inference), else None."""
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    *before, last = layers
+    if isinstance(last, nn.Linear) and all(isinstance(layer, nn.Dropout) for layer in before):
+        return last
+    return None
 
 
 def class_activations(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

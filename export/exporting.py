@@ -216,8 +216,9 @@ def export_model(
         expected = [_run_torch(wrapped, batch) for batch in batches]
     elif request.heatmap_scale is not None:
         raise ExportError(
-            "a heat map scale is for classifiers with class activation maps (the project's, torchvision's "
-            "ResNets); this model gets none: the service gives it occlusion maps, on a scale of their own"
+            "a heat map scale is for classifiers with class activation maps (the project's, torchvision's with "
+            "average pooling and one linear layer); this model gets none: the service gives it occlusion maps, "
+            "on a scale of their own"
         )
 
     if detector:

@@ -89,11 +89,13 @@ def test_torchvision_model_exports_with_normalisation_in_graph_and_dynamic_batch
     assert ModelManifest.read(version.path) == manifest == load_version(tmp_path, "weld-model").manifest
     assert manifest.input.dtype == "uint8" and manifest.input.normalization_in_graph and manifest.input.dynamic_batch
     assert manifest.output.names == ["logits"]
-    # Not a kind whose class activation maps the export knows: the graph gives its logits alone.
-    assert manifest.activation_map is None and sorted(p.name for p in version.path.iterdir()) == [
-        "manifest.json",
-        "model.onnx",
-    ]
+    if architecture != "efficientnet_b0":
+        # Not a kind whose class activation maps the export knows (MobileNetV3's head is Linear, Hardswish,
+        # Linear: no weighted sum of the features; a segmenter): the graph gives its outputs alone.
+        assert manifest.activation_map is None and sorted(p.name for p in version.path.iterdir()) == [
+            "manifest.json",
+            "model.onnx",
+        ]
     parity = manifest.provenance.parity
     assert parity.batch_sizes == [1, 3] and parity.samples == 4
     assert parity.max_abs_diff <= parity.tolerance == pytest.approx(1e-3)
@@ -102,12 +104,41 @@ def test_torchvision_model_exports_with_normalisation_in_graph_and_dynamic_batch
 
     # The graph takes raw pixels at any batch size and matches what training-time code computes.
     images = random_images(3, channels=3, seed=7)
-    (logits,) = run_onnx(version.onnx_path, images)
+    logits, *_ = run_onnx(version.onnx_path, images)
     with torch.no_grad():
         expected = model(normalised(images, MEAN, STD))
     expected = expected["out"] if isinstance(expected, dict) else expected
     assert logits.shape == (3, len(classes), *(() if task == "classification" else (SIZE, SIZE)))
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-3)
+
+
+# torchvision's classifiers whose head is average pooling and one linear layer, with that layer.
+ACTIVATION_HEADS = {
+    "resnet18": lambda model: model.fc,
+    "efficientnet_b0": lambda model: model.classifier[-1],
+    "mobilenet_v2": lambda model: model.classifier[-1],
+    "regnet_y_400mf": lambda model: model.fc,
+    "densenet121": lambda model: model.classifier,
+    "shufflenet_v2_x0_5": lambda model: model.fc,
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(ACTIVATION_HEADS))
+def test_torchvision_classifiers_with_a_linear_head_export_their_class_activation_maps(tmp_path: Path, architecture):
+    model = calibrated(torchvision_model(architecture, len(WELD_CLASSES)))
+    version = export_model(
+        model, request("cam", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="x.pt"
+    )
+    cam = version.manifest.activation_map
+    assert cam is not None and cam.features == "features" and cam.scale > 0
+    linear = ACTIVATION_HEADS[architecture](model)
+    weights = np.load(version.path / cam.weights)
+    np.testing.assert_array_equal(weights, linear.weight.detach().numpy())
+    logits, features = run_onnx(version.onnx_path, random_images(3, channels=3, seed=5))
+    # What makes it a class activation map: each class's map, averaged over the grid, plus its bias, is
+    # exactly its logit (a head that were not one linear layer after average pooling would break this).
+    maps = np.einsum("nkhw,ck->nchw", features, weights)
+    np.testing.assert_allclose(maps.mean(axis=(2, 3)) + linear.bias.detach().numpy(), logits, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("architecture", ["fasterrcnn_mobilenet_v3_large_320_fpn", "fcos_resnet50_fpn"])
