@@ -4,8 +4,9 @@
 (`answer.py`), post-processing (`postprocess.py`), the options only it takes (`options.py`), its answers
 as tensors for the Open Inference Protocol (`tensors.py`), its labelled-sample layout and sweep
 evidence (`samples.py`), how two versions' answers to a frame agree (`agreement.py`, for shadow
-runs), and its head (`__init__.py`): which output decoders its manifests may name, whether its
-thresholds carry an NMS IoU, and where its post-processing runs. Nothing outside these
+runs), its `scores` heat map where that needs more than a line (`heatmap.py`, detection's grid), and
+its head (`__init__.py`): which output decoders its manifests may name, whether its thresholds carry
+an NMS IoU, where its post-processing runs, and which heat maps its models give. Nothing outside these
 folders asks which task a model has: it asks the model's head.
 
 Adding a fourth task touches: a new folder `service/tasks/<task>/` with those modules; its head in
