@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SweepPoint(BaseModel):
@@ -35,6 +35,8 @@ class SweepCurve(BaseModel):
 
 
 class ReviewBand(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the sweep's Band, its rates and targets included
+
     review_threshold: float = Field(description="The proposed review threshold: the band's bottom.")
     reject_threshold: float = Field(description="The proposed (reject) threshold: the band's top, not included.")
     reviewed: int = Field(description="Candidates the band sends to review (images; detections for a detector).")

@@ -473,22 +473,7 @@ def _class_sweep(tuning: ClassTuning, current: float) -> ClassSweep:
             fp=curve.fp.tolist(),
             fn=curve.fn.tolist(),
         ),
-        band=None if tuning.band is None else _band(tuning.band),
-    )
-
-
-def _band(band: Band) -> ReviewBand:
-    return ReviewBand(
-        review_threshold=band.review_threshold,
-        reject_threshold=band.reject_threshold,
-        reviewed=band.reviewed,
-        review_rate=band.review_rate,
-        missed=band.missed,
-        miss_rate=band.miss_rate,
-        max_miss_rate=band.max_miss_rate,
-        max_review_rate=band.max_review_rate,
-        miss_target_met=band.miss_target_met,
-        review_target_met=band.review_target_met,
+        band=None if tuning.band is None else ReviewBand.model_validate(tuning.band),
     )
 
 
