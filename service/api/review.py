@@ -5,24 +5,19 @@ them beside the sample set's wrong answers."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from service.api.schemas import ErrorResponse
+from service.api.schemas import ErrorResponse, FrameView
 from service.config import Settings
 from service.errors import NotFound
 from service.frames import REJECTED
 from service.served_models import ServedModels
 
 
-class RejectedFrameView(BaseModel):
-    id: int
-    created_at: datetime
-    content_type: str
-    size_bytes: int
+class RejectedFrameView(FrameView):
     answer: dict[str, Any] = Field(description="The answer the frame got, as the camera got it.")
 
 
@@ -43,16 +38,7 @@ def review_router(settings: Settings, served_models: Callable[[], ServedModels])
         kept = models.frames.list(model, REJECTED, 0, limit=limit, newest_first=True)
         return RejectedFrames(
             keeping=settings.keep_rejected_frames,
-            frames=[
-                RejectedFrameView(
-                    id=f.id,
-                    created_at=f.created_at,
-                    content_type=f.content_type,
-                    size_bytes=f.size_bytes,
-                    answer=f.details["answer"],
-                )
-                for f in kept
-            ],
+            frames=[RejectedFrameView.of(f, answer=f.details["answer"]) for f in kept],
         )
 
     @router.get(

@@ -5,9 +5,33 @@ A prediction's answer is typed by its task (`service.tasks`: `PredictionAnswer`)
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from service.frames import KeptFrame
+
+
+class FrameView(BaseModel):
+    """A frame the service keeps (`service.frames`: a shadow run's, one rejected), without its image."""
+
+    id: int
+    created_at: datetime
+    content_type: str
+    size_bytes: int
+
+    @classmethod
+    def of(cls, frame: KeptFrame, **fields: Any) -> Self:
+        """The view of `frame`, with the subclass's own `fields`."""
+        return cls(
+            id=frame.id,
+            created_at=frame.created_at,
+            content_type=frame.content_type,
+            size_bytes=frame.size_bytes,
+            **fields,
+        )
 
 
 class ErrorBody(BaseModel):

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.schemas import ErrorResponse
+from service.api.schemas import ErrorResponse, FrameView
 from service.api.thresholds import AuditedChange, admin_only
 from service.config import Settings
 from service.errors import InspectionError, InvalidParameters, NotFound
@@ -206,12 +206,8 @@ class ShadowReport(BaseModel):
     as_of: datetime | None = Field(description="When the oldest of the workers' counts added up here was saved.")
 
 
-class KeptFrameView(BaseModel):
-    id: int
+class KeptFrameView(FrameView):
     run: int
-    created_at: datetime
-    content_type: str
-    size_bytes: int
     active: dict[str, Any] = Field(description="The active version's answer.")
     candidate: dict[str, Any] = Field(description="The candidate's answer.")
     classes: dict[str, dict[str, Any]] = Field(description="Per class: decision, label, iou (as in the report).")
@@ -376,17 +372,7 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
         found = models.frames.list(model, SHADOW, started.revision, limit=limit + 1, after=after)
         page = found[:limit]
         return KeptFrames(
-            frames=[
-                KeptFrameView(
-                    id=f.id,
-                    run=f.run,
-                    created_at=f.created_at,
-                    content_type=f.content_type,
-                    size_bytes=f.size_bytes,
-                    **f.details,
-                )
-                for f in page
-            ],
+            frames=[KeptFrameView.of(f, run=f.run, **f.details) for f in page],
             next_after=page[-1].id if len(found) > limit else None,
         )
 
