@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -105,6 +106,6 @@ def _linear(head: nn.Module) -> nn.Linear | None:
     return None
 
 
-def class_activations(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def class_activations(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Features [N, K, h, w] and weights [C, K] -> every class's map [N, C, h, w]."""
-    return torch.einsum("nkhw,ck->nchw", features, weights)
+    return np.einsum("nkhw,ck->nchw", features, weights)

@@ -40,7 +40,7 @@ from service.thresholds.evaluation import (
 )
 
 from . import synthetic
-from .activation import activation_parts
+from .activation import activation_parts, class_activations
 from .architectures import WeldDetector, build_unet, build_weld_classifier, build_weld_detector
 from .exporting import ExportRequest, export_model
 
@@ -338,7 +338,7 @@ def heatmap_scale(features: np.ndarray, weights: np.ndarray, labels: np.ndarray)
     `features` [N, K, h, w] are the frames' last convolutional features, `weights` [C, K] the classes'.
     """
     defective = labels != CLASSIFIER.classes.index(CLASSIFIER.background_class)
-    maps = np.einsum("nkhw,ck->nchw", features[defective], weights)
+    maps = class_activations(features[defective], weights)
     peaks = maps[np.arange(len(maps)), labels[defective]].max(axis=(1, 2))
     return float(f"{max(float(np.percentile(peaks, 95)), 1e-3):.2g}")
 

@@ -210,10 +210,11 @@ def export_model(
     expected = [_run_torch(wrapped, batch) for batch in batches]
     for batch, outputs in zip(batches, expected):
         check_outputs(request.decoder, request.classes, len(batch), outputs)
-    activation = _activation_input(model, request, batches, expected) if request.task is Task.CLASSIFICATION else None
-    if activation is not None:
+    split = _activation_input(model, request, batches, expected) if request.task is Task.CLASSIFICATION else None
+    activation = None
+    if split is not None:
+        activation, expected = split
         wrapped, names = activation, [*names, FEATURES_OUTPUT]
-        expected = [_run_torch(wrapped, batch) for batch in batches]
     elif request.heatmap_scale is not None:
         raise ExportError(
             "a heat map scale is for classifiers with class activation maps (the project's, torchvision's with "
@@ -275,18 +276,19 @@ class _ActivationInput(nn.Module):
 
 def _activation_input(
     model: nn.Module, request: ExportRequest, batches: list[torch.Tensor], expected: list[list[np.ndarray]]
-) -> _ActivationInput | None:
-    """The classifier split at its features, when it is of a kind `export.activation` knows and the split
-    gives exactly the model's own logits on the parity images; else None (exported without maps)."""
+) -> tuple[_ActivationInput, list[list[np.ndarray]]] | None:
+    """The classifier split at its features, with its outputs (logits, features) on the parity batches,
+    when it is of a kind `export.activation` knows and the split gives exactly the model's own logits on
+    them; else None (exported without maps)."""
     parts = activation_parts(model)
     if parts is None:
         return None
     split = _ActivationInput(parts, _PixelInput(model, request)).eval()
-    for batch, outputs in zip(batches, expected, strict=True):
-        logits, features = _run_torch(split, batch)
-        if features.ndim != 4 or not np.allclose(logits, outputs[0], rtol=1e-5, atol=1e-5):
+    outputs = [_run_torch(split, batch) for batch in batches]
+    for (logits, features), own in zip(outputs, expected, strict=True):
+        if features.ndim != 4 or not np.allclose(logits, own[0], rtol=1e-5, atol=1e-5):
             return None
-    return split
+    return split, outputs
 
 
 def _activation_scale(
@@ -297,7 +299,7 @@ def _activation_scale(
     defects = [request.classes.index(name) for name in manifest.defect_classes]
     largest = 0.0
     for logits, features in outputs:
-        maps = class_activations(torch.from_numpy(features), activation.parts.weights).numpy()
+        maps = class_activations(features, activation.parts.weights.numpy())
         for image, row in enumerate(logits):
             top = max(defects, key=lambda index: row[index])
             largest = max(largest, float(maps[image, top].max()))
