@@ -123,7 +123,7 @@ class Predictor:
             )
         postprocess_s = time.perf_counter() - started
         if heatmap is not None:
-            answer.heatmap = await self._heatmap(heatmap, prepared, batched.outputs, answer, options)
+            answer.heatmap = await self._heatmap(heatmap, prepared, batched.outputs, answer, options, thresholds)
             if observe:
                 inspection_metrics().stage_duration.labels(self.manifest.name, Stage.HEATMAP).observe(
                     time.perf_counter() - started - postprocess_s
@@ -139,6 +139,7 @@ class Predictor:
         outputs: list[np.ndarray],
         answer: Answer,
         options: PredictionOptions,
+        thresholds: ThresholdSet,
     ) -> Heatmap:
         """The heat map the request asked for (`service.heatmaps`), of the class it names or the defect
         class scored highest; occlusion runs its copies through the batcher, with everyone else's."""
@@ -152,7 +153,6 @@ class Predictor:
             return await loop.run_in_executor(self._pool, self._cam_heatmap, outputs, prepared.geometry, class_name)
         copies = occluded_copies(prepared.tensor, prepared.geometry, self._occlusion_fill)
         results = await asyncio.gather(*(self._batcher.submit(copy) for copy in copies))
-        thresholds = options.thresholds_for(prepared.active)
         occluded = [
             self._postprocess(r.outputs, prepared.geometry, self._no_options, thresholds).scores[class_name]
             for r in results
