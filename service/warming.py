@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 
+from service.health import Health, Warmth
 from service.listening import listeners_at
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,13 @@ def _read_head(conn: socket.socket) -> bytes:
 
 
 def _response(method: str, path: str, warm: int, workers: int) -> tuple[str, bytes, list[str]]:
-    reason = f"{warm} of {workers} workers have warmed their models"
+    # What a worker's /readyz says at this point (`service.health`): once every worker listens, the
+    # connections this process had already accepted are answered as the hand-over goes on.
+    _, detail = Health(lambda: Warmth(warm, workers, handing_over=warm >= workers)).readiness()
+    reason = detail["reason"]
     if path == "/livez" and method in ("GET", "HEAD"):
         return "200 OK", b"\n", ["content-type: text/plain; charset=utf-8"]
     if path == "/readyz" and method in ("GET", "HEAD"):
-        detail = {"ready": False, "workers": {"warm": warm, "of": workers}, "draining": False, "reason": reason}
         return "503 Service Unavailable", json.dumps(detail).encode() + b"\n", ["content-type: application/json"]
     error = {"error": {"code": "warming_up", "message": f"the server is starting: {reason}; retry shortly"}}
     return "503 Service Unavailable", json.dumps(error).encode(), ["content-type: application/json", "retry-after: 1"]
