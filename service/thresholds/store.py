@@ -61,7 +61,7 @@ from service.manifest import ModelManifest
 from service.metrics import inspection_metrics
 from service.revisions import STORE_AUTHOR, create_tables, history_query, newest_revisions, utc
 from service.tasks import HEADS
-from service.thresholds.rules import ThresholdSet, check_review, check_thresholds, is_threshold
+from service.thresholds.rules import ThresholdSet, check_review, check_thresholds, is_threshold, unknown_classes
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +294,13 @@ class ThresholdStore:
         merged = {**base.thresholds, **{name: float(value) for name, value in thresholds.items()}}
         review = {**base.review_thresholds}
         for name, value in review_thresholds.items():
-            if name not in manifest.defect_classes:
-                raise InvalidParameters(
-                    f"{manifest.name}: review_thresholds names {name!r}, not a defect class: {manifest.defect_classes}"
-                )
             if value is None:
                 review.pop(name, None)
             else:
                 review[name] = float(value)
         try:
+            # Removals too: a band removed from a class the model does not have is a mistake.
+            unknown_classes(review_thresholds, manifest.defect_classes, "review_thresholds")
             check_review(review, merged)
         except ValueError as exc:
             raise InvalidParameters(f"{manifest.name}: {exc}") from None
