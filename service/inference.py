@@ -105,13 +105,12 @@ class Inference:
 
     async def _predict(self, models: ServedModels, call: PredictionCall) -> list[Answer | InspectionError]:
         budget_s = latency_budget_s(call.budget_ms)
-        predictor = models.get(call.model, call.version)
-        # The version that answers requests naming none has a shadow run: it gets the frames too.
-        shadow = models.shadow(call.model) if call.version is None else None
-        options = None if call.options is None else predictor.options(call.options, call.options_source)
-        active = models.thresholds.active
         # Held until answered: a version retired meanwhile (a swap, an unload) is released after.
-        with predictor.held():
+        with models.held(call.model, call.version) as predictor:
+            # The version that answers requests naming none has a shadow run: it gets the frames too.
+            shadow = models.shadow(call.model) if call.version is None else None
+            options = None if call.options is None else predictor.options(call.options, call.options_source)
+            active = models.thresholds.active
             # Admitted from the headers: a request that cannot be answered in time is refused before its
             # upload, and an upload in progress is not yet work for the model.
             async with self.admission.place(call.model, budget_s, call.arrived_at) as place:

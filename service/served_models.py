@@ -9,14 +9,17 @@ model has its task and defect classes, since they share its thresholds.
 At run time the worker follows the model's lifecycle revision (`follow`, called by
 `service.lifecycle.watcher`): it loads and warms up the versions the revision wants beside those it
 serves, switches the active one, and retires those no longer wanted. A retired version answers the
-requests that already hold it, and releases its sessions once the last of them is answered.
+requests that already hold it (`held`), and releases its sessions once the last of them is answered;
+a request that meets the switch gets the version switched to.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from service.config import Settings
 from service.errors import UnknownModel, VersionRefused
@@ -106,7 +109,12 @@ class ServedModels:
         if not loaded:
             raise UnknownModel(f"{name} is unloaded; load it with POST /v1/models/{name}/load")
         if version is None:
-            return loaded[self._active[name]]
+            predictor = loaded.get(self._active[name])
+            if predictor is None:  # switched between the two reads: the versions are read again
+                predictor = self._versions[name].get(self._active[name])
+            if predictor is None:  # a model coming back from unloaded, its version not yet switched to
+                raise UnknownModel(f"{name} is being loaded; retry shortly")
+            return predictor
         try:
             return loaded[version]
         except KeyError:
@@ -114,6 +122,22 @@ class ServedModels:
             raise UnknownModel(
                 f"version {version} of {name} is not loaded; loaded: {shown} (active: {self._active[name]})"
             ) from None
+
+    @contextmanager
+    def held(self, name: str, version: int | None = None) -> Iterator[Predictor]:
+        """The version that answers a request (as `get`), held until the request is answered: retired
+        meanwhile, it is released after. A request naming no version that meets a switch gets the
+        version switched to, never the one the switch has just released."""
+        predictor = self.get(name, version)
+        while not predictor.hold():  # released between the two: retired by a switch or an unload
+            replaced = self.get(name, version)  # 404 if the version or the model is gone
+            if replaced is predictor:
+                raise UnknownModel(f"version {predictor.manifest.version} of {name} was just unloaded")
+            predictor = replaced
+        try:
+            yield predictor
+        finally:
+            predictor.let_go()
 
     def versions(self, name: str) -> list[int]:
         """The model's loaded versions, in order (none when it is unloaded)."""

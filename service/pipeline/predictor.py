@@ -212,19 +212,29 @@ class Predictor:
     @contextmanager
     def held(self) -> Iterator[Predictor]:
         """Use this version for a request (or a sweep): it is not released while held."""
-        with self._use:
-            if self._released:
-                raise UnknownModel(f"version {self.manifest.version} of {self.manifest.name} was just unloaded")
-            self._users += 1
+        if not self.hold():
+            raise UnknownModel(f"version {self.manifest.version} of {self.manifest.name} was just unloaded")
         try:
             yield self
         finally:
-            with self._use:
-                self._users -= 1
-                release = self._retired and self._users == 0 and not self._released
-                self._released |= release
-            if release:  # on the event loop, often: the release is off it
-                threading.Thread(target=self._release, name=f"release-{self.manifest.ref}", daemon=True).start()
+            self.let_go()
+
+    def hold(self) -> bool:
+        """Take this version for a use, to be ended by `let_go`: False, and not taken, once it is released."""
+        with self._use:
+            if self._released:
+                return False
+            self._users += 1
+            return True
+
+    def let_go(self) -> None:
+        """End a use taken by `hold`: the last use of a retired version releases it."""
+        with self._use:
+            self._users -= 1
+            release = self._retired and self._users == 0 and not self._released
+            self._released |= release
+        if release:  # on the event loop, often: the release is off it
+            threading.Thread(target=self._release, name=f"release-{self.manifest.ref}", daemon=True).start()
 
     def retire(self) -> None:
         """No new request gets this version any more: release its sessions now, or once the requests

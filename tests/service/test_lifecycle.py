@@ -171,9 +171,11 @@ def test_a_new_export_goes_live_by_itself_when_asked_unless_the_model_is_pinned(
         (staging / CLASSIFIER / str(version)).rename(store / CLASSIFIER / str(version))
 
     def served_version() -> int:
-        return httpx.post(
+        answer = httpx.post(
             f"{server.url}/v1/models/{CLASSIFIER}/predict", content=frame, headers={"Content-Type": "image/jpeg"}
-        ).json()["model_version"]
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["model_version"]
 
     def wait_for(version: int, within_s: float) -> bool:
         deadline = time.monotonic() + within_s

@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,11 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.synthetic import encode_image, generate_weld
 from service.config import Settings
+from service.lifecycle.store import Activation, ActivationKind
 from service.model_store import ModelStoreError
-from service.served_models import configured_versions
+from service.served_models import ServedModels, configured_versions
 from tests.conftest import MODEL_STORE, running_server
 
 CLASSIFIER = "weld-classifier"
+NOW = datetime(2026, 12, 8, tzinfo=UTC)
 
 
 def add_version(store: Path, version: int, rename: dict[str, str] | None = None) -> None:
@@ -88,3 +93,48 @@ def test_the_first_listed_version_answers_and_the_others_answer_when_named(store
     assert samples[("inspection_active_version", (("model", CLASSIFIER),))] == 2
     infos = {dict(labels)["version"] for (name, labels) in samples if name == "inspection_model_info"}
     assert infos == {"1", "2"}
+
+
+def test_requests_that_meet_a_switch_get_the_version_switched_to_never_a_released_one(store, tmp_path):
+    """Requests naming no version take the active one, each held until answered, while another thread
+    switches the model between versions 1 and 2, retiring the one it leaves: the window between a
+    request reading the active version and holding it is where a switch used to hand it a version
+    already released (a 404), or a version number the versions it had read did not have yet (a 500)."""
+    settings = Settings(model_store=store, state_dir=tmp_path, models=[f"{CLASSIFIER}:1"], workers=1)
+    models = ServedModels.load(settings)
+    switches = [2, 1] * 10
+    held: list[int] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def requests() -> None:
+        while not done.is_set():
+            try:
+                with models.held(CLASSIFIER) as predictor:
+                    held.append(predictor.manifest.version)
+                    if predictor.released:
+                        failures.append(f"{predictor.manifest.ref} was held after its release")
+            except Exception as exc:  # what a request would have answered with
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=requests) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for revision, version in enumerate(switches, start=2):
+            before = len(held)
+            models.follow(
+                Activation(
+                    CLASSIFIER, revision, ActivationKind.ACTIVATE, version, False, "qa", "switch", NOW, revision - 1
+                )
+            )
+            assert models.versions(CLASSIFIER) == [version]  # the other retired
+            while len(held) < before + 50:  # requests ran across the switch and on the new version
+                time.sleep(0.001)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+        models.close()
+    assert failures == []
+    assert set(held) == {1, 2} and held[-1] == 1
