@@ -285,53 +285,54 @@ def thresholds_router(
         ),
     ) -> SweepReport:
         models = served_models()
-        predictor = models.get(model)
-        manifest = predictor.manifest
-        # A target recall per class: `crack:0.99,porosity:0.9`.
-        try:
-            wanted = parse_class_values(targets, manifest.defect_classes, "targets") if targets else {}
-            misses = (
-                parse_class_values(max_miss_rate, manifest.defect_classes, "max_miss_rate") if max_miss_rate else {}
-            )
-            reviews = (
-                parse_class_values(max_review_rate, manifest.defect_classes, "max_review_rate")
-                if max_review_rate
-                else {}
-            )
-        except ValueError as exc:
-            raise InvalidParameters(str(exc)) from None
-        if sample_set is not None:
-            if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
-                raise InvalidParameters("name a sample set (set=) or send a zip body, not both")
-            files: SampleFiles = await asyncio.to_thread(sample_sets.open, sample_set)
-        else:
-            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type not in ZIP_TYPES:
-                raise UnsupportedMediaType(
-                    f"send the samples as a zip archive with Content-Type application/zip, got {media_type or 'none'}"
-                )
-            archive = await read_body(
-                request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
-            )
-        try:
-            if sample_set is None:
-                files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
-            samples = read_samples(files, manifest, head_for(manifest).read_labels)
-        except SampleSetError as exc:
-            raise MalformedRequest(f"samples: {exc}") from exc
-        if len(samples) > settings.max_sweep_images:
-            raise PayloadTooLarge(f"{len(samples)} images; a sweep takes at most {settings.max_sweep_images}")
-
-        active = models.thresholds.active(manifest)
-        options = predictor.options(sweep_options(manifest))
-
-        async def predict(sample: LabelledImage) -> Answer:
+        # The active version, held from the start: a version unloaded meanwhile is released once the sweep is over.
+        with models.held(model) as predictor:
+            manifest = predictor.manifest
+            # A target recall per class: `crack:0.99,porosity:0.9`.
             try:
-                return await predictor.predict(files.read(sample.name), options, lambda _: active)
-            except InspectionError as exc:
-                raise type(exc)(f"{sample.name}: {exc.message}") from exc
+                wanted = parse_class_values(targets, manifest.defect_classes, "targets") if targets else {}
+                misses = (
+                    parse_class_values(max_miss_rate, manifest.defect_classes, "max_miss_rate") if max_miss_rate else {}
+                )
+                reviews = (
+                    parse_class_values(max_review_rate, manifest.defect_classes, "max_review_rate")
+                    if max_review_rate
+                    else {}
+                )
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from None
+            if sample_set is not None:
+                if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+                    raise InvalidParameters("name a sample set (set=) or send a zip body, not both")
+                files: SampleFiles = await asyncio.to_thread(sample_sets.open, sample_set)
+            else:
+                media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if media_type not in ZIP_TYPES:
+                    raise UnsupportedMediaType(
+                        "send the samples as a zip archive with Content-Type application/zip, "
+                        f"got {media_type or 'none'}"
+                    )
+                archive = await read_body(
+                    request, settings.max_sweep_bytes, settings.body_timeout_s, "archive", "INSPECTION_MAX_SWEEP_BYTES"
+                )
+            try:
+                if sample_set is None:
+                    files = ZipFiles(archive, settings.max_sweep_bytes, settings.max_sweep_images * 2 + 1)
+                samples = read_samples(files, manifest, head_for(manifest).read_labels)
+            except SampleSetError as exc:
+                raise MalformedRequest(f"samples: {exc}") from exc
+            if len(samples) > settings.max_sweep_images:
+                raise PayloadTooLarge(f"{len(samples)} images; a sweep takes at most {settings.max_sweep_images}")
 
-        with predictor.held():  # a version unloaded meanwhile is released once the sweep is over
+            active = models.thresholds.active(manifest)
+            options = predictor.options(sweep_options(manifest))
+
+            async def predict(sample: LabelledImage) -> Answer:
+                try:
+                    return await predictor.predict(files.read(sample.name), options, lambda _: active)
+                except InspectionError as exc:
+                    raise type(exc)(f"{sample.name}: {exc.message}") from exc
+
             tally = await run_sweep(
                 manifest,
                 samples,
@@ -339,14 +340,14 @@ def thresholds_router(
                 SWEEP_CONCURRENCY,
                 lambda line: log.info("sweep of %s: %s", manifest.name, line),
             )
-        try:
-            report = tally.report(active.values, active.revision, active.nms_iou, wanted, step, misses, reviews)
-        except ValueError as exc:
-            raise InvalidParameters(str(exc)) from exc
-        answered = report.to_report()
-        if with_samples:
-            answered.samples = swept_samples(tally)
-        return answered
+            try:
+                report = tally.report(active.values, active.revision, active.nms_iou, wanted, step, misses, reviews)
+            except ValueError as exc:
+                raise InvalidParameters(str(exc)) from exc
+            answered = report.to_report()
+            if with_samples:
+                answered.samples = swept_samples(tally)
+            return answered
 
     return router
 

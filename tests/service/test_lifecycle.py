@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from export.samples import write_sample_set
 from export.synthetic import encode_image, generate_weld
 from service.lifecycle.cli import main as versions_cli
 from tests.conftest import postgres_url, running_server
+from tests.service.api.test_thresholds import zipped
 from tests.service.test_versions import CLASSIFIER, add_version
 
 TOKEN = "lifecycle-token"
@@ -217,6 +220,50 @@ def test_a_new_export_goes_live_by_itself_when_asked_unless_the_model_is_pinned(
         assert "revision 4 activate: version 3, pinned by a.lindqvist" in shown and "2 worker(s) switched" in shown
         assert cli("activate", CLASSIFIER, "3", *who) == 1
         assert "422, invalid_parameters: version 3 of weld-classifier is already active" in capsys.readouterr().err
+
+
+def test_a_sweep_under_way_when_its_version_is_replaced_finishes_on_it_and_then_releases_it(store, tmp_path):
+    archive = zipped(
+        write_sample_set(tmp_path / "samples", "classification", count=12, seed=4_500, width=320, height=240)
+    )
+    half_sent, activated = threading.Event(), threading.Event()
+
+    def slow_upload() -> Iterator[bytes]:  # half the samples, then the rest once version 2 is active
+        yield archive[: len(archive) // 2]
+        half_sent.set()
+        activated.wait(30)
+        yield archive[len(archive) // 2 :]
+
+    with running_server(tmp_path / "logs", admin_token=TOKEN, model_store=store, models=f"{CLASSIFIER}:1") as server:
+        url = f"{server.url}/v1/models/{CLASSIFIER}"
+        swept: list[httpx.Response] = []
+        sweep = threading.Thread(
+            target=lambda: swept.append(
+                httpx.post(
+                    f"{url}/thresholds/sweep",
+                    content=slow_upload(),
+                    headers={"Content-Type": "application/zip"},
+                    timeout=60,
+                )
+            )
+        )
+        sweep.start()
+        assert half_sent.wait(30)
+        revision = httpx.get(f"{url}/versions").json()["revision"]
+        switch = {"version": 2, "author": "qa", "reason": "during a sweep", "expected_revision": revision}
+        switched = httpx.post(f"{url}/versions/activate", json=switch, headers=AUTH, timeout=60)
+        assert switched.status_code == 200, switched.text
+        assert httpx.get(f"{url}/versions").json()["loaded"] == [2]
+        assert f"released {CLASSIFIER}:1" not in server.log()  # the sweep holds it
+        activated.set()
+        sweep.join()
+        (report,) = swept
+        assert report.status_code == 200, report.text
+        assert (report.json()["model_version"], report.json()["images"]) == (1, 12)
+        deadline = time.monotonic() + 10
+        while f"released {CLASSIFIER}:1" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"released {CLASSIFIER}:1" in server.log()
 
 
 def test_two_servers_on_one_postgresql_follow_each_others_changes_within_a_second(store, tmp_path):
