@@ -149,14 +149,11 @@ class FrameStore:
                 .where(kept_frames.c.model == model, kept_frames.c.source == source, kept_frames.c.run == run)
             ).scalar_one()
 
-    def image(self, model: str, frame_id: int, source: str | None = None) -> tuple[bytes, str] | None:
-        """A kept frame's image and its content type; None when there is no such frame of `model` (kept
-        from `source`, when given)."""
+    def image(self, model: str, source: str, frame_id: int) -> tuple[bytes, str] | None:
+        """A kept frame's image and its content type; None when `model` kept no such frame from `source`."""
         query = select(kept_frames.c.image, kept_frames.c.content_type).where(
-            kept_frames.c.id == frame_id, kept_frames.c.model == model
+            kept_frames.c.id == frame_id, kept_frames.c.model == model, kept_frames.c.source == source
         )
-        if source is not None:
-            query = query.where(kept_frames.c.source == source)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else (bytes(row[0]), row[1])

@@ -48,7 +48,7 @@ def review_router(settings: Settings, served_models: Callable[[], ServedModels])
         summary="A frame kept for review: its image",
     )
     def frame(model: str, frame_id: int = Path(ge=1, le=2**63 - 1)) -> Response:
-        found = served_models().frames.image(model, frame_id, REJECTED)
+        found = served_models().frames.image(model, REJECTED, frame_id)
         if found is None:
             raise NotFound(f"{model} has no frame {frame_id} kept for review")
         image, content_type = found

@@ -383,7 +383,7 @@ def versions_router(settings: Settings, served_models: Callable[[], ServedModels
         summary="A kept frame's image",
     )
     def shadow_frame(model: str, frame_id: int = Path(ge=1, le=2**63 - 1)) -> Response:
-        found = served_models().frames.image(model, frame_id)
+        found = served_models().frames.image(model, SHADOW, frame_id)
         if found is None:
             raise NotFound(f"{model} has no kept frame {frame_id}")
         image, content_type = found

@@ -508,6 +508,8 @@ def test_live_rejected_frames_are_kept_only_when_asked_and_reviewed_with_their_a
         for listed, (frame, _) in zip(kept, reversed(rejected[-3:]), strict=True):
             image = httpx.get(f"{keeping.url}/v1/models/{CLASSIFIER}/review/frames/{listed['id']}")
             assert image.content == frame and image.headers["content-type"] == "image/jpeg"
+            # Not a shadow run's frame: that route does not serve it.
+            assert httpx.get(f"{keeping.url}/v1/models/{CLASSIFIER}/shadow/frames/{listed['id']}").status_code == 404
         assert httpx.get(f"{keeping.url}/v1/models/weld-detector/review/frames").json()["frames"] == []
         context = browser.new_context()
         try:

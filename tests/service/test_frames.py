@@ -86,12 +86,12 @@ def test_a_kept_frame_reads_back_whole(frames: FrameStore):
     assert kept.created_at.utcoffset() == timedelta(0)
     assert before <= kept.created_at <= after
     assert frames.count("weld", "shadow", 2) == 1
-    assert frames.image("weld", frame_id) == (PNG, "image/png")
+    assert frames.image("weld", "shadow", frame_id) == (PNG, "image/png")
     assert frames.count("weld", "shadow", 3) == frames.count("cast", "shadow", 2) == 0
 
     jpeg = b"\xff\xd8\xff\xe0" + b"\x00\xff" * 10
     other = keep(frames, jpeg, content_type="image/jpeg", details={})
-    assert frames.image("weld", other) == (jpeg, "image/jpeg")
+    assert frames.image("weld", "shadow", other) == (jpeg, "image/jpeg")
     assert [(f.id, f.size_bytes, f.details) for f in frames.list("weld", "shadow", 2)] == [
         (frame_id, 1032, details),
         (other, 24, {}),
@@ -154,14 +154,18 @@ def test_listing_pages_oldest_first_through_one_run_only(frames: FrameStore):
     assert frames.count("weld", "shadow", 2) == 5
 
 
-def test_an_image_is_read_only_through_its_own_model(frames: FrameStore):
+def test_an_image_is_read_only_through_its_own_model_and_source(frames: FrameStore):
     weld = keep(frames, b"weld-image", content_type="image/bmp")
     cast = keep(frames, b"cast-image", model="cast", content_type="image/tiff")
-    assert frames.image("weld", weld) == (b"weld-image", "image/bmp")
-    assert frames.image("cast", cast) == (b"cast-image", "image/tiff")
-    assert frames.image("weld", cast) is None
-    assert frames.image("cast", weld) is None
-    assert frames.image("weld", max(weld, cast) + 100) is None
+    rejected = keep(frames, b"rejected-image", source="rejected", content_type="image/png")
+    assert frames.image("weld", "rejected", rejected) == (b"rejected-image", "image/png")
+    assert frames.image("weld", "shadow", rejected) is None
+    assert frames.image("weld", "rejected", weld) is None
+    assert frames.image("weld", "shadow", weld) == (b"weld-image", "image/bmp")
+    assert frames.image("cast", "shadow", cast) == (b"cast-image", "image/tiff")
+    assert frames.image("weld", "shadow", cast) is None
+    assert frames.image("cast", "shadow", weld) is None
+    assert frames.image("weld", "shadow", max(weld, cast) + 100) is None
 
 
 def pause_before(store: FrameStore, statement: str, signal: threading.Event, wait: threading.Event) -> None:
