@@ -1,5 +1,5 @@
 """Labelled sample sets kept on the server, in `INSPECTION_SAMPLE_SETS_DIR`: each a zip archive
-(`NAME.zip`) or a folder (`NAME/`) in the layout `python -m export.samples` writes. A sweep can name
+(`NAME.zip`, or `NAME.ZIP`) or a folder (`NAME/`) in the layout `python -m export.samples` writes. A sweep can name
 one instead of uploading it (`?set=NAME`), and the QA console shows its frames from
 `GET /v1/sample-sets/{name}/files/{path}`. Names are plain (letters, digits, `.`, `_`, `-`): nothing
 outside the folder is ever read.
@@ -39,11 +39,12 @@ class SampleSets:
             return []
         found = []
         for path in sorted(self.root.iterdir()):
-            if path.is_file() and path.suffix.lower() == ".zip" and _NAME.fullmatch(path.stem):
-                found.append(SampleSetInfo(path.stem, "zip", path.stat().st_size))
-            elif path.is_dir() and _NAME.fullmatch(path.name):
+            name = _set_name(path)
+            if name is not None and path.is_file():
+                found.append(SampleSetInfo(name, "zip", path.stat().st_size))
+            elif name is not None:
                 size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                found.append(SampleSetInfo(path.name, "folder", size))
+                found.append(SampleSetInfo(name, "folder", size))
         return found
 
     def open(self, name: str) -> SampleFiles:
@@ -81,9 +82,22 @@ class SampleSets:
         return files.read(file)
 
     def _path(self, name: str) -> Path:
-        if _NAME.fullmatch(name):
-            for path in (self.root / f"{name}.zip", self.root / name):
-                if (path.is_file() and path.suffix == ".zip") or path.is_dir():
-                    return path
+        """The set's archive or folder, as `list` finds it (an archive first, with both)."""
+        if _NAME.fullmatch(name) and self.root.is_dir():
+            found = [path for path in self.root.iterdir() if _set_name(path) == name]
+            if found:
+                return min(found, key=lambda path: (path.is_dir(), path.name))
         known = ", ".join(s.name for s in self.list()) or "none"
         raise NotFound(f"no sample set named {name!r} in {self.root}; there are: {known}")
+
+
+def _set_name(path: Path) -> str | None:
+    """The name of the sample set at `path`: a zip archive (`NAME.zip`, its suffix in any case) or a
+    folder (`NAME/`); None for anything else."""
+    if path.is_file() and path.suffix.lower() == ".zip":
+        name = path.stem
+    elif path.is_dir():
+        name = path.name
+    else:
+        return None
+    return name if _NAME.fullmatch(name) else None
