@@ -30,8 +30,8 @@ plain counters are safe) and per model:
   connection, never stretches the measured pace, and its answer is no evidence of the model's time.
   It does count towards `limit`, the bound on what a worker holds in memory.
 
-Until a model has been busy once its pace is unknown, and only `limit` applies; while it has too few
-recent answers, its own time is taken as one pace.
+Until a model has been busy its pace is unknown, and only `limit` applies, as again once it has not
+been busy for `PACE_WINDOW_S`; while it has too few recent answers, its own time is taken as one pace.
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ from service.metrics import inspection_metrics
 
 # The pace is the mean interval between the last answers while the model was busy: answers come in
 # batches (many at once, then a batch's time), so it takes a few batches to be steady, and a second
-# or so at a line's rates to follow a change of load or frame size.
+# or so at a line's rates to follow a change of load or frame size. Intervals older than the window
+# are forgotten: a pace over a request's budget, left from a slowdown, would otherwise refuse every
+# request on an idle model for good, since only answers while busy measure it again.
 _PACE_ANSWERS = 64
+PACE_WINDOW_S = 5.0
 # An upload from which nothing arrived for this long has stalled: it no longer counts as coming work.
 # Long enough for the gaps of a busy event loop reading many uploads at once.
 UPLOAD_GRACE_S = 0.5
@@ -226,7 +229,8 @@ class _ModelLoad:
     waiting: _WaitingRoom
     working: int = 0  # predictions whose body has arrived, until their answer
     uploading: set[Place] = field(default_factory=set)  # admitted, body still arriving
-    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=_PACE_ANSWERS))  # between answers, busy
+    # (when, seconds) between two answers while the model was busy, within the last PACE_WINDOW_S
+    intervals: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_PACE_ANSWERS))
     pace_s: float | None = None  # their mean: the seconds per answer while the model is busy
     last_answer: float | None = None  # when the last answer went, if work was still in flight then
     own_time: OwnTime = field(default_factory=OwnTime)
@@ -236,8 +240,19 @@ class _ModelLoad:
         whose upload is still moving."""
         return self.working + sum(1 for place in self.uploading if now - place.last_arrival <= UPLOAD_GRACE_S)
 
+    def forget(self, now: float) -> None:
+        """The pace without the intervals older than `PACE_WINDOW_S` (unknown again without any)."""
+        if self.intervals and now - self.intervals[0][0] > PACE_WINDOW_S:
+            while self.intervals and now - self.intervals[0][0] > PACE_WINDOW_S:
+                self.intervals.popleft()
+            self._measure()
+
+    def _measure(self) -> None:
+        self.pace_s = sum(s for _, s in self.intervals) / len(self.intervals) if self.intervals else None
+
     def expected_latency_s(self, now: float, ahead: int | None = None) -> float | None:
         """The latency of a request admitted now (behind `ahead` predictions, by default those there are)."""
+        self.forget(now)
         if self.pace_s is None:
             return None
         ahead = self.ahead(now) if ahead is None else ahead
@@ -253,6 +268,7 @@ class _ModelLoad:
         """How long even an idle model takes, as seen lately (else one pace): a request that cannot wait
         so long has no chance. Only answers from an idle model say so; deeper ones would refuse at once
         what an emptier queue may still answer, and a client that retries at once would spin."""
+        self.forget(now)
         if self.pace_s is None:
             return 0.0
         idle = self.own_time.idle_s(now)
@@ -270,8 +286,8 @@ class _ModelLoad:
     def answered(self, place: Place, now: float) -> None:
         self.working -= 1
         if self.last_answer is not None:
-            self.intervals.append(now - self.last_answer)
-            self.pace_s = sum(self.intervals) / len(self.intervals)
+            self.intervals.append((now, now - self.last_answer))
+            self._measure()
         # The next interval measures the pace only if the model stays busy until then.
         self.last_answer = now if self.working > 0 else None
         if place.pace_s is not None and not place.stalled:
@@ -292,9 +308,12 @@ class Admission:
         return None if load is None else load.expected_latency_s(self._clock())
 
     def pace_s(self, model: str) -> float | None:
-        """The seconds between two answers of `model` while it is busy; None until it has been."""
+        """The seconds between two answers of `model` while it is busy; None until it has been (lately)."""
         load = self._models.get(model)
-        return None if load is None else load.pace_s
+        if load is None:
+            return None
+        load.forget(self._clock())
+        return load.pace_s
 
     def waiting(self, model: str) -> int:
         load = self._models.get(model)

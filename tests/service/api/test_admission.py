@@ -11,7 +11,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client import REGISTRY
 
-from service.api.admission import OWN_TIME_WINDOW_S, UPLOAD_GRACE_S, Admission, OwnTime, Place
+from service.api.admission import OWN_TIME_WINDOW_S, PACE_WINDOW_S, UPLOAD_GRACE_S, Admission, OwnTime, Place
 from service.errors import Overloaded
 
 T = TypeVar("T")
@@ -95,11 +95,38 @@ def test_each_model_has_its_own_pace_idle_gaps_do_not_count_and_there_is_no_corr
     clock = Clock()
     admission = Admission(limit=100, budget_s=1.0, clock=clock)
     paced(admission, clock, answers=20, every_s=0.001, model="fast")
-    clock.now += 30.0  # idle: not a measure of the pace
-    paced(admission, clock, answers=20, every_s=0.100, model="slow")
+    paced(admission, clock, answers=10, every_s=0.100, model="slow")
+    clock.now += 1.0  # idle: not a measure of the pace
+    paced(admission, clock, answers=5, every_s=0.100, model="slow")
     assert admission.expected_latency_s("fast") == pytest.approx(0.001)
     assert admission.expected_latency_s("slow") == pytest.approx(0.100)  # Little's law as it is
     assert admission.admitted == 0
+
+
+def test_a_pace_left_from_a_slowdown_is_forgotten_once_the_model_has_not_been_busy_for_a_while():
+    clock = Clock()
+    admission = Admission(limit=100, budget_s=1.0, clock=clock)
+    paced(admission, clock, answers=10, every_s=0.100)  # a slowdown: 100 ms an answer, over a camera's 50 ms
+    last_busy = clock.now
+
+    async def refused() -> None:  # by all that is known, even an idle model would answer it late
+        with pytest.raises(Overloaded, match="expected latency, 100 ms, is over the 50 ms left"):
+            await Held(admission).take(budget_s=0.05)
+
+    scenario(refused)
+    clock.now = last_busy + PACE_WINDOW_S / 2
+    paced(admission, clock, answers=2, every_s=0.010)  # half the window on: one fast interval more
+    assert admission.pace_s("m") == pytest.approx((9 * 0.100 + 0.010) / 10)
+    clock.now = last_busy + PACE_WINDOW_S + 0.001
+    assert admission.pace_s("m") == pytest.approx(0.010)  # the slowdown's intervals forgotten
+    clock.now += PACE_WINDOW_S
+    assert admission.pace_s("m") is None  # not busy for the window: unknown, as at start-up
+
+    async def admitted() -> None:  # its answer is fresh evidence
+        place = await Held(admission).take(budget_s=0.05)
+        assert place.pace_s is None and admission.admitted == 1
+
+    scenario(admitted)
 
 
 def test_a_request_that_would_be_late_waits_unread_and_is_admitted_as_soon_as_an_answer_makes_room():
