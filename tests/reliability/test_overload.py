@@ -1,4 +1,4 @@
-"""Load a camera line cannot control: overload, stalled uploads, oversized headers."""
+"""Load a camera line cannot control: overload, stalled uploads, oversized headers, heavy heat maps."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import time
 
 import httpx
 import numpy as np
+import torch
 
+from export.exporting import ExportRequest, export_model
 from loadtests.frames import Station, line_frames
 from loadtests.overload import NO_BUDGET_MS, Phase, report, run_phase
+from service.api.admission import PACE_WINDOW_S
 from tests.conftest import running_server
+from tests.export.models import calibrated, torchvision_model
 
 
 def test_under_overload_admitted_predictions_answer_within_their_latency_budget(tmp_path):
@@ -170,3 +174,55 @@ def _read_answer(connection: socket.socket) -> str:
             break
         answer += more
     return answer
+
+
+def test_a_pace_left_by_a_burst_of_occlusion_maps_is_forgotten_and_an_idle_model_answers_again(tmp_path):
+    """A few seconds of occlusion heat maps (50 images an answer) on a resnet18 leave its pace at
+    hundreds of milliseconds. A camera whose 200 ms budget the idle model meets in tens is refused while
+    that pace is recent (it speaks for nothing newer), and answered again once the pace is forgotten,
+    `PACE_WINDOW_S` after the last busy answer; before, it was refused for good, as only answers while
+    busy measure the pace again."""
+    torch.manual_seed(5)
+    store = tmp_path / "store"
+    request = ExportRequest(
+        name="weld-resnet18",
+        task="classification",
+        classes=("no_defect", "porosity", "crack", "undercut"),
+        background_class="no_defect",
+        channels=3,
+        height=224,
+        width=224,
+        resize="stretch",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        decoder="softmax",
+    )
+    export_model(calibrated(torchvision_model("resnet18", 4)).eval(), request, store, source="resnet18.pt")
+    frame = line_frames(640, 480)[2]
+
+    with running_server(tmp_path / "server", model_store=store) as server:
+        url = f"{server.url}/v1/models/weld-resnet18/predict"
+
+        def camera(client: httpx.Client, budget_ms: int, query: str = "") -> httpx.Response:
+            headers = {"Content-Type": "image/jpeg", "X-Latency-Budget-Ms": str(budget_ms)}
+            return client.post(url + query, content=frame, headers=headers, timeout=60)
+
+        def occlusion_maps(until: float) -> None:
+            with httpx.Client() as client:
+                while time.monotonic() < until:
+                    assert camera(client, 60_000, "?heatmap=occlusion").status_code == 200
+
+        with httpx.Client() as client:
+            idle = [camera(client, 200) for _ in range(5)]
+            assert [r.status_code for r in idle] == [200] * 5
+            until = time.monotonic() + 3.0
+            burst = [threading.Thread(target=occlusion_maps, args=(until,)) for _ in range(4)]
+            for thread in burst:
+                thread.start()
+            for thread in burst:
+                thread.join()
+            last_busy = time.monotonic()
+            assert camera(client, 200).status_code == 503  # the pace it left: every answer over 200 ms
+            time.sleep(max(0.0, last_busy + PACE_WINDOW_S + 0.5 - time.monotonic()))
+            after = [camera(client, 200) for _ in range(10)]
+    assert [r.status_code for r in after] == [200] * 10, after[0].text
