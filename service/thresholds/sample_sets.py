@@ -1,6 +1,6 @@
 """Labelled sample sets kept on the server, in `INSPECTION_SAMPLE_SETS_DIR`: each a zip archive
-(`NAME.zip`, or `NAME.ZIP`) or a folder (`NAME/`) in the layout `python -m export.samples` writes. A sweep can name
-one instead of uploading it (`?set=NAME`), and the QA console shows its frames from
+(`NAME.zip`, or `NAME.ZIP`) or a folder (`NAME/`) in the layout `python -m export.samples` writes. A
+sweep can name one instead of uploading it (`?set=NAME`), and the QA console shows its frames from
 `GET /v1/sample-sets/{name}/files/{path}`. Names are plain (letters, digits, `.`, `_`, `-`): nothing
 outside the folder is ever read.
 """
@@ -84,6 +84,8 @@ class SampleSets:
     def _path(self, name: str) -> Path:
         """The set's archive or folder, as `list` finds it (an archive first, with both)."""
         if _NAME.fullmatch(name) and self.root.is_dir():
+            if _set_name(self.root / f"{name}.zip") == name:  # the usual name, without a listing
+                return self.root / f"{name}.zip"
             found = [path for path in self.root.iterdir() if _set_name(path) == name]
             if found:
                 return min(found, key=lambda path: (path.is_dir(), path.name))
