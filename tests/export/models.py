@@ -10,10 +10,43 @@ import torch
 import torchvision
 from torch import nn
 
+from export.exporting import ExportRequest
+
 WELD_CLASSES = ["no_defect", "porosity", "crack", "undercut"]
 DEFECTS = ["porosity", "crack", "undercut"]
 DETECTOR_CLASSES = ["background", *DEFECTS]
 SIZE = 64
+MEAN, STD = 0.5, 0.25
+
+
+def export_request(
+    name: str,
+    task: str,
+    decoder: str,
+    classes: list[str],
+    background: str | None,
+    channels: int = 3,
+    height: int = SIZE,
+    width: int = SIZE,
+    mean: float = MEAN,
+    std: float = STD,
+    **extra: object,
+) -> ExportRequest:
+    """An export of a stretched input, normalised by one `mean` and `std` on every channel."""
+    return ExportRequest(
+        name=name,
+        task=task,
+        classes=classes,
+        background_class=background,
+        channels=channels,
+        height=height,
+        width=width,
+        resize="stretch",
+        mean=(mean,) * channels,
+        std=(std,) * channels,
+        decoder=decoder,
+        **extra,
+    )
 
 
 def calibrated(model: nn.Module, channels: int = 3, height: int = SIZE, width: int = SIZE) -> nn.Module:

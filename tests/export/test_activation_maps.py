@@ -14,14 +14,14 @@ from PIL import Image
 from torchvision.models import ResNet
 
 from export.architectures import build_weld_classifier
-from export.exporting import ExportRequest, export_model
+from export.exporting import export_model
 from export.registry import GrayAsRgb
 from export.synthetic import encode_image, generate_weld
 from service.model_store import load_version
 from service.pipeline.decode import DecodedImage
 from service.pipeline.preprocess import to_model_input
 from tests.conftest import running_server
-from tests.export.models import calibrated, torchvision_model
+from tests.export.models import calibrated, export_request, torchvision_model
 from tests.service.clients import error_of, post, predict
 
 CLASSES = ["no_defect", "porosity", "crack", "undercut"]
@@ -33,22 +33,6 @@ class DoubledResNet(ResNet):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return 2 * super().forward(images)
-
-
-def _request(name: str, size: int) -> ExportRequest:
-    return ExportRequest(
-        name=name,
-        task="classification",
-        classes=CLASSES,
-        background_class="no_defect",
-        channels=1,
-        height=size,
-        width=size,
-        resize="stretch",
-        mean=(0.45,),
-        std=(0.25,),
-        decoder="softmax",
-    )
 
 
 def _weld(seed: int) -> torch.nn.Module:
@@ -70,7 +54,10 @@ def served(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     models = {"weld": (_weld(1), 160), "r18": (_resnet(), 224), "r18-doubled": (_resnet(DoubledResNet), 224)}
     for name, (model, size) in models.items():
-        export_model(model, _request(name, size), store, source=f"{name}.pt")
+        request = export_request(
+            name, "classification", "softmax", CLASSES, "no_defect", channels=1, height=size, width=size, mean=0.45
+        )
+        export_model(model, request, store, source=f"{name}.pt")
     with running_server(tmp_path_factory.mktemp("server"), model_store=store) as server:
         yield server, store, {name: model for name, (model, _) in models.items()}
 

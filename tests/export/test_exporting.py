@@ -17,47 +17,21 @@ from service.model_store import load_version
 from .models import (
     DEFECTS,
     DETECTOR_CLASSES,
+    MEAN,
     SIZE,
+    STD,
     WELD_CLASSES,
     FixedSizeClassifier,
     NoisyClassifier,
     TinyYoloHead,
     calibrated,
+    export_request,
     normalised,
     random_images,
     run_onnx,
     torchvision_detector,
     torchvision_model,
 )
-
-MEAN, STD = 0.5, 0.25
-
-
-def request(
-    name: str,
-    task: str,
-    decoder: str,
-    classes: list[str],
-    background: str | None,
-    channels: int = 3,
-    height: int = SIZE,
-    width: int = SIZE,
-    **extra: object,
-) -> ExportRequest:
-    return ExportRequest(
-        name=name,
-        task=task,
-        classes=classes,
-        background_class=background,
-        channels=channels,
-        height=height,
-        width=width,
-        resize="stretch",
-        mean=(MEAN,) * channels,
-        std=(STD,) * channels,
-        decoder=decoder,
-        **extra,
-    )
 
 
 def assert_nothing_written(store: Path) -> None:
@@ -78,7 +52,7 @@ def test_torchvision_model_exports_with_normalisation_in_graph_and_dynamic_batch
     model = calibrated(torchvision_model(architecture, len(classes)))
     version = export_model(
         model,
-        request("weld-model", task, decoder, classes, background),
+        export_request("weld-model", task, decoder, classes, background),
         tmp_path,
         source=f"{architecture}.pt",
         architecture=architecture,
@@ -127,7 +101,7 @@ ACTIVATION_HEADS = {
 def test_torchvision_classifiers_with_a_linear_head_export_their_class_activation_maps(tmp_path: Path, architecture):
     model = calibrated(torchvision_model(architecture, len(WELD_CLASSES)))
     version = export_model(
-        model, request("cam", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="x.pt"
+        model, export_request("cam", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="x.pt"
     )
     cam = version.manifest.activation_map
     assert cam is not None and cam.features == "features" and cam.scale > 0
@@ -147,7 +121,7 @@ def test_torchvision_detector_exports_one_image_with_nms_inside_and_input_pixel_
 ) -> None:
     detector = torchvision_detector(architecture)
     height, width = 64, 96
-    detection = request(
+    detection = export_request(
         "weld-detector",
         "detection",
         "boxes_scores_labels",
@@ -184,7 +158,7 @@ def test_torchvision_detector_exports_one_image_with_nms_inside_and_input_pixel_
 
 def test_yolo_head_exports_with_dynamic_batch(tmp_path: Path) -> None:
     head = calibrated(TinyYoloHead(channels=1, num_classes=3), channels=1)
-    detection = request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1)
+    detection = export_request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1)
     version = export_model(head, detection, tmp_path, source="yolo.pt")
 
     assert version.manifest.output.names == ["predictions"] and version.manifest.input.dynamic_batch
@@ -204,7 +178,7 @@ def test_parity_inputs_replace_the_random_images(tmp_path: Path) -> None:
     images = torch.from_numpy(random_images(6, channels=1, seed=11))
     version = export_model(
         head,
-        request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1),
+        export_request("weld-yolo", "detection", "yolo", DEFECTS, None, channels=1),
         tmp_path,
         source="yolo.pt",
         parity_inputs=images,
@@ -216,11 +190,11 @@ def test_parity_inputs_replace_the_random_images(tmp_path: Path) -> None:
 def test_fp16_export_halves_the_weights_keeps_uint8_input_and_float32_output(tmp_path: Path) -> None:
     model = calibrated(torchvision_model("resnet18", len(WELD_CLASSES)))
     fp32 = export_model(
-        model, request("r18", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="r18.pt"
+        model, export_request("r18", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="r18.pt"
     )
     fp16 = export_model(
         model,
-        request("r18", "classification", "softmax", WELD_CLASSES, "no_defect", fp16=True),
+        export_request("r18", "classification", "softmax", WELD_CLASSES, "no_defect", fp16=True),
         tmp_path,
         source="r18.pt",
     )
@@ -245,7 +219,7 @@ def test_model_whose_output_changes_between_runs_fails_parity_and_writes_nothing
     with pytest.raises(ExportError, match=failure):
         export_model(
             NoisyClassifier(3, 4),
-            request("noisy", "classification", "softmax", WELD_CLASSES, "no_defect"),
+            export_request("noisy", "classification", "softmax", WELD_CLASSES, "no_defect"),
             store,
             source="noisy.pt",
         )
@@ -256,7 +230,10 @@ def test_class_count_that_differs_from_the_output_width_is_refused(tmp_path: Pat
     model = FixedSizeClassifier(3, num_classes=5)
     with pytest.raises(ExportError, match=r"gives \[1, 5\] for 1 image\(s\); the softmax decoder with 4 classes"):
         export_model(
-            model, request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"), tmp_path, source="m.pt"
+            model,
+            export_request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"),
+            tmp_path,
+            source="m.pt",
         )
     assert_nothing_written(tmp_path)
 
@@ -266,7 +243,7 @@ def test_input_size_the_model_cannot_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"^the model fails on a \[1, 3, 32, 32\] input: RuntimeError"):
         export_model(
             model,
-            request("weld", "classification", "softmax", WELD_CLASSES, "no_defect", height=32, width=32),
+            export_request("weld", "classification", "softmax", WELD_CLASSES, "no_defect", height=32, width=32),
             tmp_path,
             source="m.pt",
         )
@@ -314,10 +291,10 @@ def test_bad_request_is_refused_in_one_line_before_any_export(
 
 def test_torchvision_detector_needs_the_background_first_and_refuses_fp16(tmp_path: Path) -> None:
     detector = torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn")
-    no_background = request("det", "detection", "boxes_scores_labels", DEFECTS, None)
+    no_background = export_request("det", "detection", "boxes_scores_labels", DEFECTS, None)
     with pytest.raises(ExportError, match="reserve label 0 for the background"):
         export_model(detector, no_background, tmp_path, source="d.pt")
-    half = request("det", "detection", "boxes_scores_labels", DETECTOR_CLASSES, "background", fp16=True)
+    half = export_request("det", "detection", "boxes_scores_labels", DETECTOR_CLASSES, "background", fp16=True)
     with pytest.raises(ExportError, match="fp16 is not available for torchvision detectors"):
         export_model(detector, half, tmp_path, source="d.pt")
     assert_nothing_written(tmp_path)
@@ -325,7 +302,7 @@ def test_torchvision_detector_needs_the_background_first_and_refuses_fp16(tmp_pa
 
 def test_boxes_scores_labels_decoder_needs_a_torchvision_detector(tmp_path: Path) -> None:
     head = TinyYoloHead(channels=3, num_classes=3)
-    detection = request("det", "detection", "boxes_scores_labels", DETECTOR_CLASSES, "background")
+    detection = export_request("det", "detection", "boxes_scores_labels", DETECTOR_CLASSES, "background")
     with pytest.raises(ExportError, match="needs a torchvision detector"):
         export_model(head, detection, tmp_path, source="d.pt")
 
@@ -334,7 +311,7 @@ def test_parity_inputs_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"^parity inputs must be uint8 \[N, 3, 64, 64\], got torch.float32"):
         export_model(
             FixedSizeClassifier(3, 4),
-            request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"),
+            export_request("weld", "classification", "softmax", WELD_CLASSES, "no_defect"),
             tmp_path,
             source="m.pt",
             parity_inputs=torch.zeros(2, 3, SIZE, SIZE),

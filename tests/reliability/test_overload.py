@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import torch
 
-from export.exporting import ExportRequest, export_model
+from export.exporting import export_model
 from loadtests.frames import Station, line_frames
 from loadtests.overload import NO_BUDGET_MS, Phase, report, run_phase
 from service.api.admission import PACE_WINDOW_S
 from tests.conftest import running_server
-from tests.export.models import calibrated, torchvision_model
+from tests.export.models import WELD_CLASSES, calibrated, export_request, torchvision_model
 
 
 def test_under_overload_admitted_predictions_answer_within_their_latency_budget(tmp_path):
@@ -184,18 +184,8 @@ def test_a_pace_left_by_a_burst_of_occlusion_maps_is_forgotten_and_an_idle_model
     busy measure the pace again."""
     torch.manual_seed(5)
     store = tmp_path / "store"
-    request = ExportRequest(
-        name="weld-resnet18",
-        task="classification",
-        classes=("no_defect", "porosity", "crack", "undercut"),
-        background_class="no_defect",
-        channels=3,
-        height=224,
-        width=224,
-        resize="stretch",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        decoder="softmax",
+    request = export_request(
+        "weld-resnet18", "classification", "softmax", WELD_CLASSES, "no_defect", height=224, width=224
     )
     export_model(calibrated(torchvision_model("resnet18", 4)).eval(), request, store, source="resnet18.pt")
     frame = line_frames(640, 480)[2]
